@@ -1,0 +1,37 @@
+# The course's commands. Each target builds .venv itself from a bare python3.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-parity lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## setup: create .venv with the course and its dev tools
+setup: $(STAMP)
+
+## test: the whole test suite (parity tests skip without the parity extra)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## test-parity: install the parity extra (torch CPU, transformers) and run those tests
+test-parity: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,parity]"
+	$(BIN)/python -m pytest -q -m parity
+
+## lint: ruff check and format check
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,421 @@
+"""The Gemma 1 / Gemma 2 decoder of PaliGemma, in Flax linen.
+
+Parameter names and shapes follow big_vision (`llm/embedder/input_embedding`,
+`llm/layers/attn/q_einsum/w`, ...), with the layers stacked on a leading axis
+by `nn.scan`, so a real PaliGemma checkpoint loads into this module unchanged.
+
+Axis letters used in shapes and einsums:
+  B batch, T query length, S key/value length (the cache), D model width,
+  N query heads, K key/value heads, G query heads per key/value head (N = K*G),
+  H head dimension, F MLP hidden width, V vocabulary, L layers.
+
+Decoding uses a key/value cache in the flax collection "cache". Prompts are
+left-aligned (valid tokens first, padding after), so a token's cache slot equals
+its position and every example can write its next token at its own slot.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# The named Gemma decoders PaliGemma uses. Fields not given take Gemma's
+# defaults from `gemma_config`.
+GEMMA_VARIANTS = {
+    "gemma_2b": dict(
+        width=2048, depth=18, mlp_dim=16_384, num_heads=8, num_kv_heads=1, head_dim=256
+    ),
+    "gemma2_2b": dict(
+        width=2304,
+        depth=26,
+        mlp_dim=9_216,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=256,
+        final_logits_softcap=30.0,
+        attn_logits_softcap=50.0,
+        post_norms=True,
+    ),
+    "gemma2_9b": dict(
+        width=3584,
+        depth=42,
+        mlp_dim=14_336,
+        num_heads=16,
+        num_kv_heads=8,
+        head_dim=256,
+        final_logits_softcap=30.0,
+        attn_logits_softcap=50.0,
+        post_norms=True,
+    ),
+    "gemma2_27b": dict(
+        width=4608,
+        depth=46,
+        mlp_dim=36_864,
+        num_heads=32,
+        num_kv_heads=16,
+        head_dim=128,
+        query_pre_attn_norm="rsqrt_emb_per_head",
+        final_logits_softcap=30.0,
+        attn_logits_softcap=50.0,
+        post_norms=True,
+    ),
+}
+
+GEMMA_DEFAULTS = dict(
+    vocab_size=256_000,
+    norm_eps=1e-6,
+    final_logits_softcap=0.0,
+    attn_logits_softcap=0.0,
+    post_norms=False,
+    query_pre_attn_norm="rsqrt_head_dim",
+    remat_policy="none",
+    cache_dtype=None,
+)
+
+GEMMA_FIELDS = (
+    "width",
+    "depth",
+    "mlp_dim",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    *GEMMA_DEFAULTS,
+)
+
+# Masked attention logits take this value: far below any real logit, yet finite
+# so that a row with nothing to attend to gives a uniform softmax, not NaN.
+_MASKED_LOGIT = -2.3819763e38
+
+
+def gemma_config(variant: str | None = None, **overrides) -> dict:
+    """Returns the complete field dict of a Gemma decoder.
+
+    Args:
+      variant: a name from `GEMMA_VARIANTS`, or None when every size field is
+        given explicitly in `overrides`.
+      **overrides: any field of `GEMMA_FIELDS`; these win over the variant.
+    """
+    if variant is not None and variant not in GEMMA_VARIANTS:
+        raise ValueError(
+            f"Unknown Gemma variant {variant!r}; known: {sorted(GEMMA_VARIANTS)}. "
+            "Or leave `variant` out and give width, depth, mlp_dim, num_heads, "
+            "num_kv_heads and head_dim."
+        )
+    unknown = set(overrides) - set(GEMMA_FIELDS)
+    if unknown:
+        raise ValueError(f"Unknown Gemma config field(s) {sorted(unknown)}; known: {GEMMA_FIELDS}")
+    config = {**GEMMA_DEFAULTS, **GEMMA_VARIANTS.get(variant, {}), **overrides}
+    missing = [f for f in GEMMA_FIELDS if f not in config]
+    if missing:
+        raise ValueError(f"Gemma config lacks {missing}: name a `variant` or give them.")
+    if config["num_heads"] % config["num_kv_heads"]:
+        raise ValueError("num_heads must be a multiple of num_kv_heads.")
+    return config
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Gemma's RMSNorm: `x / rms(x) * (1 + scale)`.
+
+    Args:
+      x: float[..., D] activations.
+      scale: float[D]; zero means identity, which is how Gemma stores it.
+      eps: added to the mean square before the square root.
+    Returns:
+      float[..., D], same dtype as `x`.
+    """
+    mean_square = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(mean_square + eps) * (1 + scale)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_000.0) -> jax.Array:
+    """Rotary position embedding, rotating the two halves of each head.
+
+    Channel i of the first half and channel i of the second half form one 2-d
+    pair, rotated by the angle `position / max_wavelength**(2i/H)`.
+
+    Args:
+      x: float[B, T, N, H] queries or keys, H even.
+      positions: int32[B, T] absolute position of each token.
+    Returns:
+      float[B, T, N, H] rotated, same dtype as `x`.
+    """
+    half = x.shape[-1] // 2
+    inv_freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq  # [B,T,1,H/2]
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    first, second = x[..., :half], x[..., half:]
+    rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def _softcap(x: jax.Array, cap: float) -> jax.Array:
+    """Squashes x smoothly into (-cap, cap); cap 0 or None turns it off."""
+    return jnp.tanh(x / cap) * cap if cap else x
+
+
+def _fan_in_normal(in_axes: tuple[int, ...], out_axes: tuple[int, ...]):
+    return nn.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal", in_axis=in_axes, out_axis=out_axes, batch_axis=()
+    )
+
+
+class Einsum(nn.Module):
+    """A weight `w` of a fixed shape, applied with `jnp.einsum(eqn, x, w)`."""
+
+    shape: tuple[int, ...]
+    w_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
+
+    @nn.compact
+    def __call__(self, eqn: str, x: jax.Array) -> jax.Array:
+        return jnp.einsum(eqn, x, self.param("w", self.w_init, self.shape))
+
+
+class RMSNorm(nn.Module):
+    """`rms_norm` with a learned `scale` (float[D], initialised to zero)."""
+
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.zeros_init(), (x.shape[-1],))
+        return rms_norm(x, scale, self.eps)
+
+
+class Embedder(nn.Module):
+    """The token table, used to embed tokens and (tied) to produce logits."""
+
+    vocab_size: int
+    width: int
+
+    def setup(self):
+        self.input_embedding = self.param(
+            "input_embedding",
+            nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=1, out_axis=0),
+            (self.vocab_size, self.width),
+        )
+
+    def encode(self, tokens: jax.Array) -> jax.Array:
+        """int32[B, T] -> float[B, T, D], scaled by sqrt(D) as Gemma does."""
+        x = self.input_embedding[tokens]
+        return x * jnp.asarray(math.sqrt(self.width), x.dtype)
+
+    def decode(self, x: jax.Array) -> jax.Array:
+        """float[B, T, D] -> float[B, T, V] logits with the tied table."""
+        return jnp.dot(x, self.input_embedding.T)
+
+
+class Attention(nn.Module):
+    """Multi-query / grouped-query self-attention with RoPE and a KV cache."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    query_scale: float
+    attn_logits_softcap: float = 0.0
+    cache_dtype: str | None = None
+
+    @nn.compact
+    def __call__(self, x, positions, attn_mask, decode=None):
+        """Attends x to itself (or to the cache when decoding).
+
+        Args:
+          x: float[B, T, D].
+          positions: int32[B, T] RoPE positions; when decoding, also cache slots.
+          attn_mask: bool[B, T, S], True where query t may attend key s. S is T
+            without decoding, the cache size with it.
+          decode: None (no cache), "prefill" (write the T tokens into a new
+            cache of size S) or "extend" (write one token at its position).
+        Returns:
+          float[B, T, D].
+        """
+        width = x.shape[-1]
+        n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
+        if n == k:  # big_vision stores one fused weight when every head has its own k/v.
+            qkv = Einsum((3, n, width, h), _fan_in_normal((2,), (0, 1, 3)), name="qkv_einsum")
+            q, key, value = qkv("BTD,CNDH->CBTNH", x)
+        else:
+            q = Einsum((n, width, h), _fan_in_normal((1,), (0, 2)), name="q_einsum")(
+                "BTD,NDH->BTNH", x
+            )
+            kv = Einsum((2, k, width, h), _fan_in_normal((2,), (0, 1, 3)), name="kv_einsum")
+            key, value = kv("BTD,CKDH->CBTKH", x)
+
+        q = apply_rope(q, positions) * self.query_scale
+        key = apply_rope(key, positions)
+        if decode is not None:
+            key, value = self._use_cache(key, value, positions, attn_mask.shape[-1], decode)
+
+        q = q.reshape(*q.shape[:2], k, n // k, h)  # [B, T, K, G, H]
+        logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, key).astype(jnp.float32)
+        logits = _softcap(logits, self.attn_logits_softcap)
+        logits = jnp.where(attn_mask[:, None, None, :, :], logits, _MASKED_LOGIT)
+        probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+        encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value)
+        encoded = encoded.reshape(*encoded.shape[:2], n, h)
+        out = Einsum((n, h, width), _fan_in_normal((0, 1), (2,)), name="attn_vec_einsum")
+        return out("BTNH,NHD->BTD", encoded)
+
+    def _use_cache(self, key, value, positions, cache_size, decode):
+        """Writes key/value into the cache and returns the whole cache.
+
+        key, value: float[B, T, K, H]. Returns two float[B, S, K, H].
+        """
+        dtype = jnp.dtype(self.cache_dtype or key.dtype)
+        batch, length = key.shape[:2]
+        shape = (batch, cache_size, *key.shape[2:])
+        k_cache = self.variable("cache", "k_cache", jnp.zeros, shape, dtype)
+        v_cache = self.variable("cache", "v_cache", jnp.zeros, shape, dtype)
+        if decode == "prefill":
+            pad = ((0, 0), (0, cache_size - length), (0, 0), (0, 0))
+            k_cache.value = jnp.pad(key.astype(dtype), pad)
+            v_cache.value = jnp.pad(value.astype(dtype), pad)
+        elif decode == "extend":
+            # Each example writes its new token at its own slot (= position).
+            rows, slots = jnp.arange(batch), positions[:, 0]
+            k_cache.value = k_cache.value.at[rows, slots].set(key[:, 0].astype(dtype))
+            v_cache.value = v_cache.value.at[rows, slots].set(value[:, 0].astype(dtype))
+        else:
+            raise ValueError(f"decode must be None, 'prefill' or 'extend', got {decode!r}")
+        return k_cache.value.astype(key.dtype), v_cache.value.astype(value.dtype)
+
+
+class FeedForward(nn.Module):
+    """Gated GELU MLP: `linear(gelu(x @ W0) * (x @ W1))`."""
+
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        width = x.shape[-1]
+        gating = self.param(
+            "gating_einsum", _fan_in_normal((1,), (0, 2)), (2, width, self.hidden_dim)
+        )
+        hidden = nn.gelu(x @ gating[0]) * (x @ gating[1])
+        linear = self.param("linear", _fan_in_normal((0,), (1,)), (self.hidden_dim, width))
+        return hidden @ linear
+
+
+class Block(nn.Module):
+    """One decoder layer: attention then MLP, each pre-normed and residual.
+
+    Gemma 2 (`post_norms=True`) also normalises each branch's output before
+    adding it back.
+    """
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    query_scale: float
+    norm_eps: float = 1e-6
+    attn_logits_softcap: float = 0.0
+    post_norms: bool = False
+    cache_dtype: str | None = None
+
+    @nn.compact
+    def __call__(self, x, positions, attn_mask, decode):
+        attn = Attention(
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            query_scale=self.query_scale,
+            attn_logits_softcap=self.attn_logits_softcap,
+            cache_dtype=self.cache_dtype,
+            name="attn",
+        )
+        y = attn(RMSNorm(self.norm_eps, name="pre_attention_norm")(x), positions, attn_mask, decode)
+        if self.post_norms:
+            y = RMSNorm(self.norm_eps, name="post_attention_norm")(y)
+        x = x + y
+        y = FeedForward(self.mlp_dim, name="mlp")(RMSNorm(self.norm_eps, name="pre_ffw_norm")(x))
+        if self.post_norms:
+            y = RMSNorm(self.norm_eps, name="post_ffw_norm")(y)
+        # The scan carries x; nothing else is stacked per layer.
+        return x + y, None
+
+
+class Gemma(nn.Module):
+    """The Gemma decoder over already-embedded inputs.
+
+    Fields are those of `gemma_config`. Use `embed_tokens` to embed text, the
+    call to run the layers, and `compute_logits` to turn its `pre_logits` into
+    logits over the vocabulary (PaliGemma computes logits for text tokens only).
+    """
+
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int = 256_000
+    norm_eps: float = 1e-6
+    final_logits_softcap: float = 0.0
+    attn_logits_softcap: float = 0.0
+    post_norms: bool = False
+    query_pre_attn_norm: str = "rsqrt_head_dim"
+    remat_policy: str = "none"
+    cache_dtype: str | None = None
+
+    def setup(self):
+        self.embedder = Embedder(self.vocab_size, self.width)
+        block = Block
+        if self.remat_policy != "none":
+            # Recompute activations in the backward pass to save memory.
+            block = nn.remat(
+                Block,
+                prevent_cse=False,
+                static_argnums=(4,),  # 0=self, 4=decode
+                policy=getattr(jax.checkpoint_policies, self.remat_policy),
+            )
+        self.layers = nn.scan(
+            block,
+            variable_axes={"params": 0, "cache": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            length=self.depth,
+        )(
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            mlp_dim=self.mlp_dim,
+            query_scale=self._query_scale(),
+            norm_eps=self.norm_eps,
+            attn_logits_softcap=self.attn_logits_softcap,
+            post_norms=self.post_norms,
+            cache_dtype=self.cache_dtype,
+        )
+        self.final_norm = RMSNorm(self.norm_eps)
+
+    def _query_scale(self) -> float:
+        if self.query_pre_attn_norm == "rsqrt_head_dim":
+            return self.head_dim**-0.5
+        if self.query_pre_attn_norm == "rsqrt_emb_per_head":
+            return (self.width // self.num_heads) ** -0.5
+        raise ValueError(f"Unknown query_pre_attn_norm {self.query_pre_attn_norm!r}")
+
+    def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+        """int32[B, T] -> float[B, T, D]."""
+        return self.embedder.encode(tokens)
+
+    def compute_logits(self, pre_logits: jax.Array) -> jax.Array:
+        """float[B, T, D] final-normed activations -> float32[B, T, V] logits."""
+        logits = self.embedder.decode(pre_logits).astype(jnp.float32)
+        return _softcap(logits, self.final_logits_softcap)
+
+    def __call__(self, x, positions, attn_mask, decode=None):
+        """Runs every layer and the final norm.
+
+        Args:
+          x: float[B, T, D] embedded inputs.
+          positions: int32[B, T].
+          attn_mask: bool[B, T, S] (see `Attention`).
+          decode: None, "prefill" or "extend".
+        Returns:
+          (pre_logits float[B, T, D], out dict with "encoded").
+        """
+        encoded, _ = self.layers(x, positions, attn_mask, decode)
+        return self.final_norm(encoded), {"encoded": encoded}

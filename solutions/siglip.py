@@ -1,0 +1,199 @@
+"""The SigLIP vision tower of PaliGemma: a plain ViT without pooling.
+
+Parameter names follow big_vision's `vit.py` (`img/embedding`,
+`img/pos_embedding`, `img/Transformer/encoderblock/...`, `img/head`), with the
+encoder blocks stacked on a leading axis by `nn.scan`.
+
+The tower cuts the image into patches, embeds each patch linearly, adds a
+learned position embedding, runs pre-norm transformer blocks, and projects every
+patch token to the language model's width with `head`. Each patch token becomes
+one "image token" of the decoder's prefix.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# ViT sizes by name: (width, depth, mlp_dim, num_heads). "/14" after the name
+# sets the patch size, e.g. "So400m/14".
+VIT_SIZES = {
+    "mu": (32, 1, 128, 2),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "So400m": (1152, 27, 4304, 16),
+    "H": (1280, 32, 5120, 16),
+    "g": (1408, 40, 6144, 16),
+}
+
+VIT_DEFAULTS = dict(
+    patch_size=(16, 16),
+    pool_type="none",
+    posemb="learn",
+    scan=True,
+    dtype_mm="float32",
+    remat_policy="none",
+)
+
+VIT_FIELDS = ("width", "depth", "mlp_dim", "num_heads", *VIT_DEFAULTS)
+
+
+def vit_config(variant: str | None = None, **overrides) -> dict:
+    """Returns the complete field dict of a ViT.
+
+    Args:
+      variant: "So400m/14", "B/16", "mu/16", ... (see `VIT_SIZES`), or None when
+        width, depth, mlp_dim, num_heads and patch_size are given.
+      **overrides: any field of `VIT_FIELDS`; `patch_size` may be an int.
+    """
+    config = dict(VIT_DEFAULTS)
+    if variant is not None:
+        name, _, patch = variant.partition("/")
+        if name not in VIT_SIZES:
+            raise ValueError(f"Unknown ViT variant {variant!r}; sizes: {sorted(VIT_SIZES)}")
+        config.update(zip(("width", "depth", "mlp_dim", "num_heads"), VIT_SIZES[name]))
+        if patch:
+            config["patch_size"] = int(patch)
+    unknown = set(overrides) - set(VIT_FIELDS)
+    if unknown:
+        raise ValueError(f"Unknown ViT config field(s) {sorted(unknown)}; known: {VIT_FIELDS}")
+    config.update(overrides)
+    missing = [f for f in VIT_FIELDS if f not in config]
+    if missing:
+        raise ValueError(f"ViT config lacks {missing}: name a `variant` or give them.")
+    patch = config["patch_size"]
+    config["patch_size"] = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    if config["pool_type"] != "none":
+        raise ValueError("PaliGemma's image tower keeps every patch token: pool_type must be 'none'.")
+    if config["posemb"] != "learn":
+        raise ValueError("PaliGemma's image tower uses a learned position embedding: 'learn'.")
+    if not config["scan"]:
+        raise ValueError("This implementation stacks the encoder blocks: scan must be True.")
+    return config
+
+
+class MlpBlock(nn.Module):
+    """Dense -> GELU (tanh approximation) -> Dense."""
+
+    mlp_dim: int
+    dtype_mm: str = "float32"
+
+    @nn.compact
+    def __call__(self, x):
+        init = dict(
+            kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=nn.initializers.normal(stddev=1e-6),
+        )
+        width = x.shape[-1]
+        x = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype_mm, **init)(x))
+        return nn.Dense(width, dtype=self.dtype_mm, **init)(x)
+
+
+class Encoder1DBlock(nn.Module):
+    """Pre-norm block: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    mlp_dim: int
+    num_heads: int
+    dtype_mm: str = "float32"
+
+    @nn.compact
+    def __call__(self, x, _):
+        y = nn.LayerNorm()(x)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads,
+            kernel_init=nn.initializers.xavier_uniform(),
+            dtype=self.dtype_mm,
+            deterministic=True,
+        )(y, y)
+        x = x + y
+        x = x + MlpBlock(self.mlp_dim, self.dtype_mm)(nn.LayerNorm()(x))
+        return x, None
+
+
+class Encoder(nn.Module):
+    """`depth` stacked blocks (one scanned module) and a final LayerNorm."""
+
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    dtype_mm: str = "float32"
+    remat_policy: str = "none"
+
+    @nn.compact
+    def __call__(self, x):
+        block = Encoder1DBlock
+        if self.remat_policy != "none":
+            block = nn.remat(
+                block, prevent_cse=False, policy=getattr(jax.checkpoint_policies, self.remat_policy)
+            )
+        x, _ = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=nn.broadcast,
+            length=self.depth,
+        )(self.mlp_dim, self.num_heads, self.dtype_mm, name="encoderblock")(x, None)
+        return nn.LayerNorm(name="encoder_norm")(x)
+
+
+class VisionTransformer(nn.Module):
+    """SigLIP image tower: image -> one token per patch, at the LLM's width.
+
+    Fields are those of `vit_config`, plus `num_classes`: the output width of
+    `head` (the language model's width in PaliGemma).
+    """
+
+    num_classes: int
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    patch_size: tuple[int, int] = (16, 16)
+    pool_type: str = "none"
+    posemb: str = "learn"
+    scan: bool = True
+    dtype_mm: str = "float32"
+    remat_policy: str = "none"
+
+    @nn.compact
+    def __call__(self, image: jax.Array) -> tuple[jax.Array, dict]:
+        """Encodes images.
+
+        Args:
+          image: float[B, H, W, 3] in [-1, 1]; H and W multiples of the patch.
+        Returns:
+          (zimg float[B, N, num_classes] with N = (H/p)*(W/p), out dict with
+          the pre-head tokens under "encoded").
+        """
+        image = jnp.asarray(image, self.dtype_mm)
+        x = nn.Conv(
+            self.width,
+            self.patch_size,
+            strides=self.patch_size,
+            padding="VALID",
+            dtype=self.dtype_mm,
+            name="embedding",
+        )(image)
+        batch, grid_h, grid_w, width = x.shape
+        x = x.reshape(batch, grid_h * grid_w, width)
+        pos_embedding = self.param(
+            "pos_embedding",
+            nn.initializers.normal(stddev=1 / np.sqrt(width)),
+            (1, grid_h * grid_w, width),
+        )
+        x = x + pos_embedding
+        encoded = Encoder(
+            self.depth,
+            self.mlp_dim,
+            self.num_heads,
+            self.dtype_mm,
+            self.remat_policy,
+            name="Transformer",
+        )(x)
+        zimg = nn.Dense(self.num_classes, name="head")(encoded)
+        return zimg, {"encoded": encoded}
