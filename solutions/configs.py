@@ -87,4 +87,6 @@ def get_checkpoint(name: str) -> Checkpoint:
     try:
         return CHECKPOINTS[name]
     except KeyError:
-        raise KeyError(f"Unknown checkpoint {name!r}; known: {', '.join(sorted(CHECKPOINTS))}") from None
+        raise KeyError(
+            f"Unknown checkpoint {name!r}; known: {', '.join(sorted(CHECKPOINTS))}"
+        ) from None

@@ -1,8 +1,8 @@
 """PaliGemma: a SigLIP image tower feeding a Gemma decoder (lesson 3).
 
-    image ──► VisionTransformer ──► zimg[B, N, D] ─┐
-                                                    ├─ concat ─► Gemma (prefix-LM mask) ─► text logits
-    text tokens ──► embedder × sqrt(D) ─► ztxt[B, T, D] ┘
+    image ─► VisionTransformer ─► zimg[B, N, D] ──┐
+                                                  ├─ concat ─► Gemma (prefix-LM) ─► logits
+    tokens ─► embedder × sqrt(D) ─► ztxt[B, T, D] ┘
 
 Image tokens and the text prefix ("caption en\\n") attend to each other fully;
 the suffix (the caption) is generated causally. `make_attn_mask` builds that
@@ -120,8 +120,9 @@ class Model(nn.Module):
             mask_ar = jnp.ones(text.shape, jnp.int32)
         num_img = zimg.shape[1]
         x = jnp.concatenate([zimg.astype(ztxt.dtype), ztxt], axis=1)
-        input_mask = jnp.pad(jnp.asarray(input_mask, bool), ((0, 0), (num_img, 0)),
-                             constant_values=True)
+        input_mask = jnp.pad(
+            jnp.asarray(input_mask, bool), ((0, 0), (num_img, 0)), constant_values=True
+        )
         mask_ar = jnp.pad(jnp.asarray(mask_ar, jnp.int32), ((0, 0), (num_img, 0)))
         return (x, input_mask, mask_ar), out
 

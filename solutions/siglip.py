@@ -56,7 +56,7 @@ def vit_config(variant: str | None = None, **overrides) -> dict:
         name, _, patch = variant.partition("/")
         if name not in VIT_SIZES:
             raise ValueError(f"Unknown ViT variant {variant!r}; sizes: {sorted(VIT_SIZES)}")
-        config.update(zip(("width", "depth", "mlp_dim", "num_heads"), VIT_SIZES[name]))
+        config.update(zip(("width", "depth", "mlp_dim", "num_heads"), VIT_SIZES[name], strict=True))
         if patch:
             config["patch_size"] = int(patch)
     unknown = set(overrides) - set(VIT_FIELDS)
@@ -69,7 +69,9 @@ def vit_config(variant: str | None = None, **overrides) -> dict:
     patch = config["patch_size"]
     config["patch_size"] = (patch, patch) if isinstance(patch, int) else tuple(patch)
     if config["pool_type"] != "none":
-        raise ValueError("PaliGemma's image tower keeps every patch token: pool_type must be 'none'.")
+        raise ValueError(
+            "PaliGemma's image tower keeps every patch token: pool_type must be 'none'."
+        )
     if config["posemb"] != "learn":
         raise ValueError("PaliGemma's image tower uses a learned position embedding: 'learn'.")
     if not config["scan"]:

@@ -12,11 +12,21 @@ from solutions.model import Model, init_params
 # A PaliGemma-1-style decoder (one key/value head) and a PaliGemma-2-style one
 # (grouped-query attention, softcaps, post-norms), both with a tiny ViT.
 TINY_IMG = dict(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=8)
-TINY_LLM_PG1 = dict(width=32, depth=2, mlp_dim=64, num_heads=4, num_kv_heads=1, head_dim=8,
-                    vocab_size=96)
-TINY_LLM_PG2 = dict(width=32, depth=2, mlp_dim=64, num_heads=4, num_kv_heads=2, head_dim=8,
-                    vocab_size=96, post_norms=True, attn_logits_softcap=50.0,
-                    final_logits_softcap=30.0)
+TINY_LLM_PG1 = dict(
+    width=32, depth=2, mlp_dim=64, num_heads=4, num_kv_heads=1, head_dim=8, vocab_size=96
+)
+TINY_LLM_PG2 = dict(
+    width=32,
+    depth=2,
+    mlp_dim=64,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    vocab_size=96,
+    post_norms=True,
+    attn_logits_softcap=50.0,
+    final_logits_softcap=30.0,
+)
 TINY_RESOLUTION = 16  # 2x2 patches of 8 pixels -> 4 image tokens
 
 
@@ -24,7 +34,10 @@ def randomize(params, seed: int = 0, scale: float = 0.2):
     """Adds noise to every leaf, so zero-initialised norms and biases matter too."""
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    noisy = [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+    noisy = [
+        p + scale * jax.random.normal(k, p.shape, p.dtype)
+        for p, k in zip(leaves, keys, strict=True)
+    ]
     return jax.tree.unflatten(treedef, noisy)
 
 

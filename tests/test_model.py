@@ -6,7 +6,6 @@ import json
 import pathlib
 
 import flax
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -80,10 +79,14 @@ def test_forward_shapes_and_prefix_attention(tiny, tiny_batch):
     # Changing a suffix token changes nothing before it; changing a prefix
     # token changes every position (the prefix attends both ways).
     text = tiny_batch["text"]
-    logits_suffix = model.apply({"params": params}, **{**tiny_batch, "text": text.at[:, 7].set(5)})[0]
+    logits_suffix = model.apply({"params": params}, **{**tiny_batch, "text": text.at[:, 7].set(5)})[
+        0
+    ]
     np.testing.assert_allclose(logits_suffix[:, :7], logits[:, :7], atol=1e-6)
     assert not np.allclose(logits_suffix[:, 7:], logits[:, 7:])
-    logits_prefix = model.apply({"params": params}, **{**tiny_batch, "text": text.at[:, 2].set(5)})[0]
+    logits_prefix = model.apply({"params": params}, **{**tiny_batch, "text": text.at[:, 2].set(5)})[
+        0
+    ]
     assert not np.allclose(logits_prefix[:, :2], logits[:, :2])
 
 
@@ -97,19 +100,29 @@ def test_kv_cache_matches_full_forward_with_ragged_prompts(tiny, tiny_batch):
     prefill_len, new_tokens = 4, 5
     input_mask = jnp.array([[i < n for i in range(prefill_len)] for n in prompt_lens])
     (x, full_mask, full_ar), _ = model.apply(
-        variables, image, text[:, :prefill_len], input_mask=input_mask,
-        mask_ar=jnp.zeros((2, prefill_len), jnp.int32), method=Model.embed_image_and_text,
+        variables,
+        image,
+        text[:, :prefill_len],
+        input_mask=input_mask,
+        mask_ar=jnp.zeros((2, prefill_len), jnp.int32),
+        method=Model.embed_image_and_text,
     )
     last, cache = model.apply(
-        variables, x, full_mask, full_ar, cache_size=x.shape[1] + new_tokens,
-        method=Model.prefill_cache, mutable=["cache"],
+        variables,
+        x,
+        full_mask,
+        full_ar,
+        cache_size=x.shape[1] + new_tokens,
+        method=Model.prefill_cache,
+        mutable=["cache"],
     )
     steps = [last]
     for t in range(new_tokens - 1):
         tokens = jnp.stack([text[0, 4 + t], text[1, 3 + t]])[:, None]
         emb = model.apply(variables, tokens, method=Model.embed_text)
-        logits, cache = model.apply({**variables, **cache}, emb, method=Model.extend_cache,
-                                    mutable=["cache"])
+        logits, cache = model.apply(
+            {**variables, **cache}, emb, method=Model.extend_cache, mutable=["cache"]
+        )
         steps.append(logits)
     cached = jnp.concatenate(steps, axis=1)
 
@@ -126,4 +139,6 @@ def test_unknown_variants_are_clear():
     with pytest.raises(ValueError, match="Unknown ViT variant"):
         param_shapes(Model(img={"variant": "Q/16"}, llm={"variant": "gemma_2b"}), 224)
     with pytest.raises(ValueError, match="pool_type"):
-        param_shapes(Model(img={"variant": "B/16", "pool_type": "map"}, llm={"variant": "gemma_2b"}), 224)
+        param_shapes(
+            Model(img={"variant": "B/16", "pool_type": "map"}, llm={"variant": "gemma_2b"}), 224
+        )
