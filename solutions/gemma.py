@@ -417,5 +417,7 @@ class Gemma(nn.Module):
         Returns:
           (pre_logits float[B, T, D], out dict with "encoded").
         """
-        encoded, _ = self.layers(x, positions, attn_mask, decode)
+        # Activations run in float32 whatever the weights' dtypes (frozen weights
+        # may be 16-bit); the scan also needs one dtype in and out of every layer.
+        encoded, _ = self.layers(x.astype(jnp.float32), positions, attn_mask, decode)
         return self.final_norm(encoded), {"encoded": encoded}

@@ -119,7 +119,7 @@ class Model(nn.Module):
         if mask_ar is None:
             mask_ar = jnp.ones(text.shape, jnp.int32)
         num_img = zimg.shape[1]
-        x = jnp.concatenate([zimg.astype(ztxt.dtype), ztxt], axis=1)
+        x = jnp.concatenate([zimg, ztxt], axis=1)
         input_mask = jnp.pad(
             jnp.asarray(input_mask, bool), ((0, 0), (num_img, 0)), constant_values=True
         )
@@ -208,8 +208,9 @@ def _dummy_inputs(model: Model, resolution: int, batch: int = 1, text_len: int =
 
 def init_params(model: Model, resolution: int, seed: int = 0) -> dict:
     """Randomly initialised parameters for images of `resolution` pixels."""
-    variables = model.init(jax.random.PRNGKey(seed), *_dummy_inputs(model, resolution))
-    return variables["params"]
+    # Jitted: one compilation beats running the scanned layers op by op.
+    init = jax.jit(lambda rng: model.init(rng, *_dummy_inputs(model, resolution))["params"])
+    return init(jax.random.PRNGKey(seed))
 
 
 def param_shapes(model: Model, resolution: int) -> dict:

@@ -1,0 +1,162 @@
+"""Will it fit? Peak accelerator memory of one training step, before you try.
+
+    python -m capstone.memory --model paligemma-3b-pt-224 --batch-size 8 \\
+        --seqlen 128 --trainable attn
+
+The step is the one `solutions.train.make_update_fn` builds (frozen parameters
+in 16 bits, trainable ones in float32, plain SGD), compiled for abstract
+inputs: XLA's memory analysis of the compiled program gives the bytes of its
+arguments, outputs and temporaries. Nothing of the model is allocated, so
+this runs on a laptop CPU for the 3B and 10B models alike. The numbers are
+XLA's plan for the backend it compiles on (the CPU here); a GPU's compiler
+fuses differently, so treat them as a close estimate, not a promise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from solutions.configs import CHECKPOINTS, get_checkpoint
+from solutions.model import Model, param_shapes
+from solutions.train import make_update_fn, trainable_mask
+
+GIB = 1024**3
+
+# Accelerators people fine-tune on, with the memory a program can use.
+ACCELERATORS = {
+    "T4 (16 GB)": 15.0 * GIB,
+    "L4 (24 GB)": 22.0 * GIB,
+    "A100 (40 GB)": 39.0 * GIB,
+    "A100/H100 (80 GB)": 79.0 * GIB,
+}
+
+
+def abstract_inputs(
+    model: Model, resolution: int, batch_size: int, seqlen: int, trainable: str, frozen_dtype
+) -> tuple:
+    """ShapeDtypeStructs for (params, batch, learning_rate) of one SGD step."""
+    shapes = param_shapes(model, resolution)
+    mask = trainable_mask(shapes, trainable)
+    params = jax.tree.map(
+        lambda s, t: jax.ShapeDtypeStruct(s.shape, jnp.float32 if t else frozen_dtype),
+        shapes,
+        mask,
+    )
+    batch = {
+        "image": jax.ShapeDtypeStruct((batch_size, resolution, resolution, 3), jnp.float32),
+        "text": jax.ShapeDtypeStruct((batch_size, seqlen), jnp.int32),
+        "mask_ar": jax.ShapeDtypeStruct((batch_size, seqlen), jnp.int32),
+        "mask_loss": jax.ShapeDtypeStruct((batch_size, seqlen), jnp.int32),
+    }
+    return params, mask, batch, jax.ShapeDtypeStruct((), jnp.float32)
+
+
+def _bytes(tree) -> int:
+    return sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def training_step_memory(
+    config: dict,
+    resolution: int,
+    *,
+    batch_size: int,
+    seqlen: int,
+    trainable: str = "attn",
+    frozen_dtype=jnp.float16,
+    remat: bool = True,
+) -> dict:
+    """Compiles one training step for abstract inputs and reports its memory.
+
+    Args:
+      config: model config `{"img": ..., "llm": ...}`.
+      resolution: image side in pixels.
+      batch_size, seqlen: the batch of the step (text tokens per example).
+      trainable: "attn", "llm" or "all" (see `solutions.train.trainable_mask`).
+      frozen_dtype: dtype of frozen parameters (float16 on a T4).
+      remat: recompute each layer's activations in the backward pass, as
+        big_vision does, instead of keeping them.
+    Returns:
+      Bytes by kind: "params", "trainable_params", "batch", "temp",
+      "output", "alias", and "peak" = arguments + outputs - aliased + temp.
+    """
+    if remat:
+        policy = {"remat_policy": "nothing_saveable"}
+        config = {"img": {**config["img"], **policy}, "llm": {**config["llm"], **policy}}
+    model = Model(**config)
+    params, mask, batch, lr = abstract_inputs(
+        model, resolution, batch_size, seqlen, trainable, frozen_dtype
+    )
+    update_fn = make_update_fn(model, mask)
+    compiled = update_fn.__wrapped__.lower(params, batch, lr).compile()
+    stats = compiled.memory_analysis()
+    trainable_bytes = _bytes(
+        [p for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True) if t]
+    )
+    report = {
+        "params": _bytes(params),
+        "trainable_params": trainable_bytes,
+        "batch": _bytes(batch),
+        "argument": stats.argument_size_in_bytes,
+        "output": stats.output_size_in_bytes,
+        "alias": stats.alias_size_in_bytes,
+        "temp": stats.temp_size_in_bytes,
+    }
+    report["peak"] = report["argument"] + report["output"] - report["alias"] + report["temp"]
+    return report
+
+
+def _print_report(name: str, args, report: dict) -> None:
+    print(
+        f"\nOne training step of {name}: batch {args.batch_size}, {args.seqlen} text tokens, "
+        f"trainable={args.trainable}, frozen in {args.frozen_dtype}, remat={not args.no_remat}"
+    )
+    rows = [
+        ("parameters", report["params"]),
+        ("  of which trainable (float32)", report["trainable_params"]),
+        ("batch", report["batch"]),
+        ("temporaries (activations, gradients)", report["temp"]),
+        ("peak", report["peak"]),
+    ]
+    for label, size in rows:
+        print(f"  {label:40s} {size / GIB:8.2f} GiB")
+    for accelerator, capacity in ACCELERATORS.items():
+        verdict = "fits" if report["peak"] <= capacity else "does NOT fit"
+        print(f"  {accelerator:40s} {verdict}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="paligemma-3b-pt-224", choices=sorted(CHECKPOINTS))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seqlen", type=int, default=128)
+    parser.add_argument("--trainable", default="attn", choices=["attn", "llm", "all"])
+    parser.add_argument("--frozen-dtype", default="float16", choices=["float16", "bfloat16"])
+    parser.add_argument(
+        "--no-remat", action="store_true", help="keep activations instead of recomputing them"
+    )
+    parser.add_argument("--json", action="store_true", help="print only the JSON report")
+    args = parser.parse_args(argv)
+
+    checkpoint = get_checkpoint(args.model)
+    report = training_step_memory(
+        checkpoint.config,
+        checkpoint.resolution,
+        batch_size=args.batch_size,
+        seqlen=args.seqlen,
+        trainable=args.trainable,
+        frozen_dtype=jnp.dtype(args.frozen_dtype),
+        remat=not args.no_remat,
+    )
+    if not args.json:
+        _print_report(args.model, args, report)
+    print(json.dumps({"model": args.model, **report, "peak_gib": round(report["peak"] / GIB, 3)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
