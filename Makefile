@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-parity lint format clean
+.PHONY: setup test test-parity bench memory lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ test: $(STAMP)
 test-parity: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev,parity]"
 	$(BIN)/python -m pytest -q -m parity
+
+## bench: training and decoding speed, ours next to transformers' (installs the parity extra)
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,parity]"
+	$(BIN)/python -m capstone.bench --vs-transformers
+
+## memory: will the real 3B model fit? Peak memory of one training step, nothing allocated
+memory: $(STAMP)
+	$(BIN)/python -m capstone.memory --model paligemma-3b-pt-224 --batch-size 8 --seqlen 128 --trainable attn
 
 ## lint: ruff check and format check
 lint: $(STAMP)

@@ -13,7 +13,8 @@ import pytest
 from solutions.configs import CHECKPOINTS, PALIGEMMA_VOCAB_SIZE
 from solutions.model import Model, count_params, make_attn_mask, param_shapes
 
-REFERENCE_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference"
+# Parameter names and shapes of the released checkpoints, as big_vision lists them.
+REFERENCE_DIR = pathlib.Path(__file__).resolve().parent / "data" / "reference"
 REFERENCES = sorted(REFERENCE_DIR.glob("*.params.json"))
 
 
@@ -22,9 +23,9 @@ def _flat_shapes(tree) -> dict[str, list[int]]:
     return {"/".join(k): list(v.shape) for k, v in flat.items()}
 
 
-@pytest.mark.skipif(not REFERENCES, reason=f"no reference shapes in {REFERENCE_DIR}")
 @pytest.mark.parametrize("path", REFERENCES, ids=lambda p: p.name.split(".")[0])
 def test_parameter_tree_matches_real_checkpoint(path):
+    assert len(REFERENCES) == 3, f"expected the three reference files in {REFERENCE_DIR}"
     reference = json.loads(path.read_text())
     shapes = param_shapes(Model(**reference["model"]), reference["resolution"])
     ours = _flat_shapes(shapes)
