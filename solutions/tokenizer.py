@@ -35,7 +35,7 @@ def train_tokenizer(
     num_word_pieces: int = 512,
     with_loc_seg: bool = True,
 ) -> sentencepiece.SentencePieceProcessor:
-    """Trains a unigram SentencePiece model with PaliGemma's id layout.
+    """Trains a BPE SentencePiece model with PaliGemma's id layout.
 
     Args:
       sentences: the training text (captions, prompts).
@@ -53,7 +53,7 @@ def train_tokenizer(
             sentence_iterator=iter(sentences),
             model_prefix=prefix,
             vocab_size=num_word_pieces,
-            model_type="unigram",
+            model_type="bpe",
             pad_id=PAD_ID,
             eos_id=EOS_ID,
             bos_id=BOS_ID,
