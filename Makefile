@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-parity bench memory lint format clean
+.PHONY: setup demo test test-parity bench memory lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 
 ## setup: create .venv with the course and its dev tools
 setup: $(STAMP)
+
+## demo: fine-tune the shipped tiny PaliGemma on long captions and show before/after
+demo: $(STAMP)
+	$(BIN)/python -m capstone.finetune --out runs/demo
 
 ## test: the whole test suite (parity tests skip without the parity extra)
 test: $(STAMP)

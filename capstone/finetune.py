@@ -1,0 +1,318 @@
+"""Fine-tune PaliGemma to write long captions: the notebook's recipe as a CLI.
+
+    python -m capstone.finetune                       # the shipped tiny model, offline
+    python -m capstone.finetune --steps 200 --learning-rate 0.05 --out runs/mine
+    python -m capstone.finetune --resume runs/mine    # carry on after Ctrl-C
+    python -m capstone.finetune --model paligemma-3b-pt-224 --checkpoint kaggle --data longcap100
+
+The default run loads the course's small PaliGemma (`capstone/assets/tiny`),
+writes the scenes dataset in longcap100's layout (90 train / 10 val long
+captions, plus a test split of colour-kind pairs never seen in training),
+captions the test images, fine-tunes as the notebook does (attention weights
+only, plain SGD, cosine schedule with 10% warm-up, batch 8; frozen weights in
+bfloat16, trained ones in float32), then captions them again.
+
+The run folder keeps everything: `checkpoint.npz` (big_vision's format,
+written atomically every `--save-every` steps, on Ctrl-C and at the end),
+`state.json` (the step to resume from), `metrics.json`, `loss.png` and
+`report.html` (test images with their captions before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import html
+import io
+import json
+import os
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from solutions import data, scenes
+from solutions.evaluate import make_predictions
+from solutions.metrics import caption_report
+from solutions.model import Model, param_shapes
+from solutions.params import load_params, save_params
+from solutions.preprocess import postprocess_tokens
+from solutions.tokenizer import load_tokenizer
+from solutions.train import (
+    NonFiniteLossError,
+    cast_params,
+    cosine_schedule,
+    make_update_fn,
+    trainable_mask,
+)
+
+ASSETS = pathlib.Path(__file__).resolve().parent / "assets" / "tiny"
+DEFAULT_DATA = pathlib.Path("runs") / "scenes-longcap"
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything one fine-tune needs, resolved from the command line."""
+
+    model: Model
+    resolution: int
+    params: dict
+    tokenizer: object
+    train: list
+    test: list
+    test_scenes: list | None
+    out: pathlib.Path
+
+
+def load_tiny(assets: pathlib.Path = ASSETS):
+    """The shipped model: (Model, resolution, params as numpy, tokenizer)."""
+    card_path = assets / "config.json"
+    if not card_path.exists():
+        raise FileNotFoundError(
+            f"{card_path} is missing: the shipped model lives in capstone/assets/tiny "
+            "(rebuild it with `python -m capstone.pretrain`)."
+        )
+    card = json.loads(card_path.read_text())
+    model = Model(**card["config"])
+    params = load_params(assets / "params.npz", like=param_shapes(model, card["resolution"]))
+    return model, card["resolution"], params, load_tokenizer(assets / "tokenizer.model")
+
+
+def load_real(name: str, checkpoint: str):
+    """A released PaliGemma: (Model, resolution, params, tokenizer)."""
+    from solutions import downloads
+    from solutions.configs import get_checkpoint
+
+    info = get_checkpoint(name)
+    path = downloads.download_checkpoint(info) if checkpoint == "kaggle" else checkpoint
+    model = Model(**info.config)
+    params = load_params(path, like=param_shapes(model, info.resolution))
+    tokenizer = load_tokenizer(downloads.download_tokenizer(pathlib.Path(path).parent))
+    return model, info.resolution, params, tokenizer
+
+
+def prepare_data(folder: pathlib.Path | None, data_arg: str | None, on_error: str):
+    """(train examples, test examples, test scenes or None) from a folder.
+
+    Without `--data`, writes (once) the scenes dataset with long captions; its
+    test split is scored with object F1 against the true scenes.
+    """
+    if data_arg is None:
+        folder = folder or DEFAULT_DATA
+        paths = scenes.write_dataset(folder, n_train=90, n_val=10, n_test=50, caption="long")
+        train = data.read_jsonl(paths["train"])
+        test = data.read_jsonl(paths["test"])
+        test_scenes = [
+            scenes.sample_scene(scenes.example_seed(0, "test", i), split="test")
+            for i in range(len(test))
+        ]
+        return train, test, test_scenes
+    root = pathlib.Path(data_arg)
+    if not root.exists():
+        from solutions import downloads
+
+        root = downloads.download_longcap100(root)
+    train = data.read_jsonl(root / "data_train90.jsonl", on_error=on_error)
+    test = data.read_jsonl(root / "data_val10.jsonl", on_error=on_error)
+    return train, test, None
+
+
+def caption_all(run: Run, params, seqlen: int, max_decode_len: int, batch_size: int):
+    """Greedy captions of the test examples, in order."""
+    stream = data.validation_examples(
+        run.test, tokenizer=run.tokenizer, seqlen=seqlen, image_size=run.resolution
+    )
+    pairs = make_predictions(
+        params,
+        stream,
+        model=run.model,
+        batch_size=batch_size,
+        max_decode_len=max_decode_len,
+        postprocess=lambda row: postprocess_tokens(row, tokenizer=run.tokenizer),
+        progress=False,
+    )
+    return [caption for _, caption in pairs]
+
+
+def score(run: Run, captions: list[str]) -> dict:
+    references = [[e.suffix.lower()] for e in run.test]
+    return caption_report(captions, references, scenes=run.test_scenes)
+
+
+def _float32(params):
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+
+
+def _save(out: pathlib.Path, params, step: int) -> None:
+    """Checkpoint then state, each atomic: a crash between them resumes from the older step."""
+    save_params(params, out / "checkpoint.npz")
+    tmp = out / ".state.json.tmp"
+    tmp.write_text(json.dumps({"step": step}))
+    os.replace(tmp, out / "state.json")
+
+
+def train(run: Run, args, first_step: int) -> tuple[dict, list[float], str]:
+    """The notebook's loop; returns (params, losses, how it ended)."""
+    trainable = trainable_mask(run.params, args.trainable)
+    params = cast_params(run.params, trainable, frozen_dtype=jnp.bfloat16)
+    update_fn = make_update_fn(run.model, trainable)
+    stream = data.batches(
+        data.train_examples(
+            run.train,
+            tokenizer=run.tokenizer,
+            seqlen=args.seqlen,
+            image_size=run.resolution,
+            seed=args.seed + first_step,
+        ),
+        args.batch_size,
+    )
+    losses, ended = [], "finished"
+    bar = tqdm(
+        range(first_step, args.steps + 1),
+        desc="fine-tuning",
+        unit="step",
+        initial=first_step - 1,
+        total=args.steps,
+    )
+    step = first_step - 1
+    try:
+        for step in bar:
+            lr = cosine_schedule(step, total_steps=args.steps, base_lr=args.learning_rate)
+            params, loss = update_fn(params, next(stream), lr)
+            loss = float(loss)
+            if not np.isfinite(loss):
+                raise NonFiniteLossError(step, loss, float(lr), params)
+            losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{float(lr):.3g}")
+            if step % args.save_every == 0:
+                _save(run.out, params, step)
+    except KeyboardInterrupt:
+        ended = f"interrupted at step {step}"
+        step -= 1  # that step's update did not complete
+    except NonFiniteLossError as err:
+        ended = f"stopped: {err}"
+        params, step = err.state, err.step - 1
+    _save(run.out, params, max(step, first_step - 1))
+    return params, losses, ended
+
+
+def write_loss_curve(losses: list[float], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    ax.plot(np.arange(1, len(losses) + 1), losses)
+    ax.set(xlabel="step", ylabel="training loss", title="Fine-tuning loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def write_report(run: Run, before: list[str], after: list[str], path: pathlib.Path) -> None:
+    """An HTML page: each test image with its reference and both captions."""
+    rows = []
+    for example, old, new in zip(run.test, before, after, strict=True):
+        image = data.load_image(example).convert("RGB")
+        image.thumbnail((160, 160))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        src = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+        rows.append(
+            f"<tr><td><img src='{src}'></td><td>{html.escape(example.suffix)}</td>"
+            f"<td>{html.escape(old)}</td><td>{html.escape(new)}</td></tr>"
+        )
+    path.write_text(
+        "<!doctype html><meta charset='utf-8'><title>Captions before and after</title>"
+        "<style>body{font-family:sans-serif}td{vertical-align:top;padding:6px;max-width:22em}"
+        "tr:nth-child(even){background:#f4f4f4}</style>"
+        "<table><tr><th>image</th><th>reference</th><th>before</th><th>after</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--model", default="tiny", help="'tiny' (shipped) or a real name, e.g. paligemma-3b-pt-224"
+    )
+    p.add_argument(
+        "--assets", type=pathlib.Path, default=ASSETS, help="folder of the shipped tiny model"
+    )
+    p.add_argument("--checkpoint", default=None, help="a .npz path, or 'kaggle' to download")
+    p.add_argument("--data", default=None, help="a longcap100-style folder (default: scenes)")
+    p.add_argument("--steps", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--learning-rate", type=float, default=0.03)
+    p.add_argument("--trainable", default="attn", choices=["attn", "llm", "all"])
+    p.add_argument("--seqlen", type=int, default=80)
+    p.add_argument("--max-decode-len", type=int, default=72)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--on-error",
+        default="raise",
+        choices=["raise", "skip"],
+        help="bad dataset lines: stop, or skip and count them",
+    )
+    p.add_argument("--out", type=pathlib.Path, default=None, help="run folder")
+    p.add_argument("--resume", type=pathlib.Path, default=None, help="run folder to continue")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    out = args.resume or args.out or pathlib.Path("runs") / time.strftime("finetune-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    if args.model == "tiny":
+        model, resolution, params, tokenizer = load_tiny(args.assets)
+    else:
+        if args.checkpoint is None:
+            raise SystemExit("--model of a real PaliGemma needs --checkpoint PATH or 'kaggle'")
+        model, resolution, params, tokenizer = load_real(args.model, args.checkpoint)
+    train_set, test_set, test_scenes = prepare_data(None, args.data, args.on_error)
+    run = Run(model, resolution, params, tokenizer, train_set, test_set, test_scenes, out)
+
+    first_step = 1
+    if args.resume:
+        state = json.loads((out / "state.json").read_text())
+        run.params = load_params(out / "checkpoint.npz", like=param_shapes(model, resolution))
+        first_step = state["step"] + 1
+        print(f"Resuming {out} from step {first_step}")
+
+    decode_args = (args.seqlen, args.max_decode_len, 10)
+    before = caption_all(run, _float32(run.params), *decode_args)
+    params, losses, ended = train(run, args, first_step)
+    after = caption_all(run, _float32(params), *decode_args)
+
+    metrics = {
+        "before": score(run, before),
+        "after": score(run, after),
+        "steps": args.steps,
+        "ended": ended,
+        "final_loss": losses[-1] if losses else None,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    if losses:
+        write_loss_curve(losses, out / "loss.png")
+    write_report(run, before, after, out / "report.html")
+
+    for example, old, new in list(zip(run.test, before, after, strict=True))[:3]:
+        print(f"\n{example.image_path.name}\n  before: {old}\n  after:  {new}")
+    print(f"\n{ended}. Run folder: {out}")
+    print(json.dumps({k: metrics[k] for k in ("before", "after", "seconds")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

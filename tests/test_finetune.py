@@ -1,0 +1,111 @@
+"""`capstone.finetune`: the run folder, resume, Ctrl-C and bad data, on a quickly built model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from capstone import finetune, pretrain
+from solutions import scenes
+from solutions.data import DataError
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("assets")
+    quick = pretrain.Settings(steps=3, batch_size=4, num_scenes=12, num_eval=4)
+    pretrain.pretrain(folder, quick)
+    return folder
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the scenes dataset goes to ./runs/
+    return tmp_path
+
+
+def _run(assets, out, *extra):
+    args = ["--assets", str(assets), "--steps", "4", "--save-every", "2", "--max-decode-len", "8"]
+    return finetune.main([*args, "--out", str(out), *extra])
+
+
+def test_default_run_writes_everything(assets, in_tmp, capsys):
+    assert _run(assets, in_tmp / "run") == 0
+    run = in_tmp / "run"
+    for name in ("checkpoint.npz", "state.json", "metrics.json", "loss.png", "report.html"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "state.json").read_text()) == {"step": 4}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["ended"] == "finished"
+    for when in ("before", "after"):
+        assert metrics[when]["n_examples"] == 50
+        assert {"cider", "object_f1", "object_f1_position"} <= set(metrics[when])
+    assert report_rows(run) == 50
+    assert "before:" in capsys.readouterr().out
+
+
+def report_rows(run):
+    return (run / "report.html").read_text().count("<tr><td><img")
+
+
+def test_test_scenes_are_the_written_ones(in_tmp):
+    train, test, test_scenes = finetune.prepare_data(None, None, "raise")
+    assert len(train) == 90 and len(test) == 50
+    for example, scene in zip(test, test_scenes, strict=True):
+        assert example.extra["objects"] == scenes.objects_text(scene)
+
+
+def test_resume_continues_from_the_saved_step(assets, in_tmp, monkeypatch):
+    run = in_tmp / "run"
+    _run(assets, run, "--steps", "2")
+    assert json.loads((run / "state.json").read_text()) == {"step": 2}
+    seen = []
+    real = finetune.cosine_schedule
+    monkeypatch.setattr(
+        finetune, "cosine_schedule", lambda step, **kw: seen.append(step) or real(step, **kw)
+    )
+    finetune.main(
+        ["--assets", str(assets), "--steps", "4", "--max-decode-len", "8", "--resume", str(run)]
+    )
+    assert seen == [3, 4]
+    assert json.loads((run / "state.json").read_text()) == {"step": 4}
+
+
+def test_ctrl_c_keeps_the_last_completed_step(assets, in_tmp, monkeypatch):
+    real = finetune.make_update_fn
+
+    def interrupted_at_step_3(*args, **kwargs):
+        update_fn, calls = real(*args, **kwargs), []
+
+        def step(params, batch, lr):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return update_fn(params, batch, lr)
+
+        return step
+
+    monkeypatch.setattr(finetune, "make_update_fn", interrupted_at_step_3)
+    _run(assets, in_tmp / "run", "--save-every", "100")
+    metrics = json.loads((in_tmp / "run" / "metrics.json").read_text())
+    assert metrics["ended"] == "interrupted at step 3"
+    assert json.loads((in_tmp / "run" / "state.json").read_text()) == {"step": 2}
+
+
+def test_nan_stops_cleanly_with_last_good_params(assets, in_tmp):
+    _run(assets, in_tmp / "run", "--learning-rate", "1e30", "--steps", "6")
+    metrics = json.loads((in_tmp / "run" / "metrics.json").read_text())
+    assert metrics["ended"].startswith("stopped: Loss is")
+    step = json.loads((in_tmp / "run" / "state.json").read_text())["step"]
+    assert step < 6
+
+
+def test_bad_dataset_line_names_file_and_line(assets, in_tmp):
+    folder = in_tmp / "mydata"
+    paths = scenes.write_dataset(folder, n_train=90, n_val=10, n_test=0, image_size=32)
+    lines = paths["train"].read_text().splitlines()
+    lines[6] = "{broken"
+    paths["train"].write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="data_train90.jsonl:7: not valid JSON"):
+        _run(assets, in_tmp / "run", "--data", str(folder))
