@@ -15,9 +15,15 @@ $(STAMP): pyproject.toml
 ## setup: create .venv with the course and its dev tools
 setup: $(STAMP)
 
-## demo: fine-tune the shipped tiny PaliGemma on long captions and show before/after
-demo: $(STAMP)
+TINY := capstone/assets/tiny/params.npz
+
+## demo: fine-tune the tiny PaliGemma on long captions and show before/after
+demo: $(STAMP) $(TINY)
 	$(BIN)/python -m capstone.finetune --out runs/demo
+
+# The shipped model; rebuilt from scratch (tens of CPU minutes) only when absent.
+$(TINY): | $(STAMP)
+	$(BIN)/python -m capstone.pretrain
 
 ## test: the whole test suite (parity tests skip without the parity extra)
 test: $(STAMP)
