@@ -67,8 +67,16 @@ CHECKPOINTS: dict[str, Checkpoint] = _checkpoints()
 
 # The benchmark model of `capstone.bench`: small enough for a laptop CPU, shaped
 # like PaliGemma 1 (one key/value head). 112px images, 14px patches -> 64 tokens.
+# Both towers unroll their few layers (`scan_unroll`): faster on a CPU.
 BENCH_CONFIG = {
-    "img": {"width": 192, "depth": 4, "mlp_dim": 768, "num_heads": 3, "patch_size": 14},
+    "img": {
+        "width": 192,
+        "depth": 4,
+        "mlp_dim": 768,
+        "num_heads": 3,
+        "patch_size": 14,
+        "scan_unroll": 4,
+    },
     "llm": {
         "width": 256,
         "depth": 4,
@@ -77,6 +85,7 @@ BENCH_CONFIG = {
         "num_kv_heads": 1,
         "head_dim": 64,
         "vocab_size": 2048,
+        "scan_unroll": 4,
     },
 }
 BENCH_RESOLUTION = 112

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from solutions.gemma import gemma_config, slice_layers_once
+
 __all__ = [
     "EOS_TOKEN",
     "PAD_TOKEN",
@@ -216,6 +218,7 @@ def _decode_tokens(
         method="prefill_cache",
         mutable=["cache"],
     )
+    loop_params = _params_for_loop(params, model)
     first = sample_logits(logits[:, 0], jax.random.fold_in(rng, 0), sampler)
     tokens = jnp.full((x.shape[0], max_decode_len), PAD_TOKEN, jnp.int32).at[:, 0].set(first)
 
@@ -225,7 +228,8 @@ def _decode_tokens(
 
     def next_token(carry):
         step, tokens, done, cache = carry
-        x = model.apply(variables, tokens[:, step - 1, None], method="embed_text")
+        params = loop_params()
+        x = model.apply({"params": params}, tokens[:, step - 1, None], method="embed_text")
         logits, state = model.apply(
             {"params": params, "cache": cache}, x, method="extend_cache", mutable=["cache"]
         )
@@ -237,6 +241,22 @@ def _decode_tokens(
     carry = (jnp.int32(1), tokens, first == eos_token, state["cache"])
     num_steps, tokens, _, _ = jax.lax.while_loop(keep_going, next_token, carry)
     return tokens, num_steps
+
+
+def _params_for_loop(params, model):
+    """Returns a function that gives `params` inside the token loop, cheaply.
+
+    With unrolled decoder layers, XLA's CPU backend would copy every layer
+    weight out of its stacked array at every step of the token loop (see
+    `slice_layers_once`); the slices are taken once, here, outside the loop.
+    Scanned layers index their weights with the loop counter instead, and
+    get the stacked arrays unchanged.
+    """
+    llm = gemma_config(**dict(model.llm or {}))
+    if llm["scan_unroll"] < llm["depth"]:
+        return lambda: params
+    layers = slice_layers_once(params["llm"]["layers"])
+    return lambda: {**params, "llm": {**params["llm"], "layers": layers()}}
 
 
 class _ByIdentity:

@@ -38,6 +38,7 @@ VIT_DEFAULTS = dict(
     scan=True,
     dtype_mm="float32",
     remat_policy="none",
+    scan_unroll=1,  # blocks per scan iteration, as in `gemma.GEMMA_DEFAULTS`
 )
 
 VIT_FIELDS = ("width", "depth", "mlp_dim", "num_heads", *VIT_DEFAULTS)
@@ -74,6 +75,11 @@ def vit_config(variant: str | None = None, **overrides) -> dict:
         )
     if config["posemb"] != "learn":
         raise ValueError("PaliGemma's image tower uses a learned position embedding: 'learn'.")
+    if not (isinstance(config["scan_unroll"], int) and config["scan_unroll"] >= 1):
+        raise ValueError(
+            f"ViT config field scan_unroll must be an int >= 1 (1 = a plain scan, "
+            f"depth = fully unrolled), got {config['scan_unroll']!r}."
+        )
     if not config["scan"]:
         raise ValueError("This implementation stacks the encoder blocks: scan must be True.")
     return config
@@ -87,6 +93,40 @@ def _flat_dense(features: int, dtype_mm: str, name: str | None = None) -> nn.Den
         bias_init=nn.initializers.normal(stddev=1e-6),
         name=name,
     )
+
+
+class PatchEmbedding(nn.Module):
+    """Embeds each non-overlapping patch linearly: a strided "VALID" convolution.
+
+    The parameters are those of `nn.Conv` (`kernel` [ph, pw, C, D], `bias`
+    [D]), but the convolution is computed as one matmul of the flattened
+    patches: as the patches do not overlap this is the same sum, and on a CPU
+    XLA computes the kernel's gradient more than twice as fast this way (the
+    forward pass costs about the same).
+    """
+
+    width: int
+    patch_size: tuple[int, int]
+    dtype_mm: str = "float32"
+
+    @nn.compact
+    def __call__(self, image):
+        """float[B, H, W, C] -> float[B, H/ph, W/pw, D] (pixels past the last whole patch are
+        dropped, as a VALID convolution does)."""
+        (ph, pw), (batch, height, width, channels) = self.patch_size, image.shape
+        grid_h, grid_w = height // ph, width // pw
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (ph, pw, channels, self.width)
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.width,))
+        patches = image[:, : grid_h * ph, : grid_w * pw].reshape(
+            batch, grid_h, ph, grid_w, pw, channels
+        )
+        # One row per patch, its pixels in the kernel's (row, column, channel) order.
+        patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(-1, ph * pw * channels)
+        kernel = kernel.reshape(-1, self.width).astype(self.dtype_mm)
+        x = patches @ kernel + bias.astype(self.dtype_mm)
+        return x.reshape(batch, grid_h, grid_w, self.width)
 
 
 class MlpBlock(nn.Module):
@@ -187,6 +227,7 @@ class Encoder(nn.Module):
     num_heads: int
     dtype_mm: str = "float32"
     remat_policy: str = "none"
+    scan_unroll: int = 1
 
     @nn.compact
     def __call__(self, x):
@@ -201,6 +242,7 @@ class Encoder(nn.Module):
             split_rngs={"params": True},
             in_axes=nn.broadcast,
             length=self.depth,
+            unroll=self.scan_unroll,
         )(self.mlp_dim, self.num_heads, self.dtype_mm, name="encoderblock")(x, None)
         return nn.LayerNorm(name="encoder_norm")(x)
 
@@ -223,6 +265,7 @@ class VisionTransformer(nn.Module):
     scan: bool = True
     dtype_mm: str = "float32"
     remat_policy: str = "none"
+    scan_unroll: int = 1
 
     @nn.compact
     def __call__(self, image: jax.Array) -> tuple[jax.Array, dict]:
@@ -235,14 +278,7 @@ class VisionTransformer(nn.Module):
           the pre-head tokens under "encoded").
         """
         image = jnp.asarray(image, self.dtype_mm)
-        x = nn.Conv(
-            self.width,
-            self.patch_size,
-            strides=self.patch_size,
-            padding="VALID",
-            dtype=self.dtype_mm,
-            name="embedding",
-        )(image)
+        x = PatchEmbedding(self.width, self.patch_size, self.dtype_mm, name="embedding")(image)
         batch, grid_h, grid_w, width = x.shape
         x = x.reshape(batch, grid_h * grid_w, width)
         pos_embedding = self.param(
@@ -257,6 +293,7 @@ class VisionTransformer(nn.Module):
             self.num_heads,
             self.dtype_mm,
             self.remat_policy,
+            self.scan_unroll,
             name="Transformer",
         )(x)
         zimg = nn.Dense(self.num_classes, name="head")(encoded)

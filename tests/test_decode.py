@@ -136,6 +136,18 @@ def test_cached_decode_matches_full_recompute_for_ragged_prompts(
     np.testing.assert_array_equal(tokens, cut_at_eos(free_run, EOS_TOKEN))
 
 
+def test_unrolled_layers_decode_the_same_tokens(tiny_model, ragged_batch, free_run):
+    """Fully unrolled towers (the path that slices layer weights once, outside
+    the token loop) give the same greedy tokens as the scanned ones."""
+    model, params = tiny_model
+    unrolled = Model(
+        img={**model.img, "scan_unroll": TINY_IMG["depth"]},
+        llm={**model.llm, "scan_unroll": model.llm["depth"]},
+    )
+    tokens = decode(params, ragged_batch, model=unrolled, max_decode_len=DECODE_LEN)
+    np.testing.assert_array_equal(tokens, cut_at_eos(free_run, EOS_TOKEN))
+
+
 # -- EOS and early stopping ---------------------------------------------------------
 
 

@@ -143,3 +143,23 @@ def test_unknown_variants_are_clear():
         param_shapes(
             Model(img={"variant": "B/16", "pool_type": "map"}, llm={"variant": "gemma_2b"}), 224
         )
+
+
+def test_unrolled_scans_have_the_same_parameters_and_logits(tiny, tiny_batch):
+    model, params, resolution = tiny
+    unrolled = Model(
+        img={**model.img, "scan_unroll": model.img["depth"]},
+        llm={**model.llm, "scan_unroll": model.llm["depth"]},
+    )
+    assert _flat_shapes(param_shapes(unrolled, resolution)) == _flat_shapes(params)
+    logits, _ = model.apply({"params": params}, **tiny_batch)
+    unrolled_logits, _ = unrolled.apply({"params": params}, **tiny_batch)
+    np.testing.assert_allclose(unrolled_logits, logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tower", ["img", "llm"])
+def test_scan_unroll_must_be_a_positive_int(tower):
+    config = {"img": {"variant": "B/16"}, "llm": {"variant": "gemma_2b"}}
+    config[tower] = {**config[tower], "scan_unroll": 0}
+    with pytest.raises(ValueError, match="scan_unroll must be an int >= 1"):
+        param_shapes(Model(**config), 224)
