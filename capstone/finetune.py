@@ -26,7 +26,6 @@ import dataclasses
 import html
 import io
 import json
-import os
 import pathlib
 import sys
 import time
@@ -38,6 +37,7 @@ from tqdm.auto import tqdm
 
 from solutions import data, scenes
 from solutions.evaluate import make_predictions
+from solutions.files import write_atomic
 from solutions.metrics import caption_report
 from solutions.model import Model, param_shapes
 from solutions.params import load_params, save_params
@@ -151,9 +151,7 @@ def _float32(params):
 def _save(out: pathlib.Path, params, step: int) -> None:
     """Checkpoint then state, each atomic: a crash between them resumes from the older step."""
     save_params(params, out / "checkpoint.npz")
-    tmp = out / ".state.json.tmp"
-    tmp.write_text(json.dumps({"step": step}))
-    os.replace(tmp, out / "state.json")
+    write_atomic(out / "state.json", json.dumps({"step": step}))
 
 
 def train(run: Run, args, first_step: int) -> tuple[dict, list[float], str]:
@@ -229,13 +227,14 @@ def write_report(run: Run, before: list[str], after: list[str], path: pathlib.Pa
             f"<tr><td><img src='{src}'></td><td>{html.escape(example.suffix)}</td>"
             f"<td>{html.escape(old)}</td><td>{html.escape(new)}</td></tr>"
         )
-    path.write_text(
+    write_atomic(
+        path,
         "<!doctype html><meta charset='utf-8'><title>Captions before and after</title>"
         "<style>body{font-family:sans-serif}td{vertical-align:top;padding:6px;max-width:22em}"
         "tr:nth-child(even){background:#f4f4f4}</style>"
         "<table><tr><th>image</th><th>reference</th><th>before</th><th>after</th></tr>"
         + "".join(rows)
-        + "</table>"
+        + "</table>",
     )
 
 
@@ -302,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "final_loss": losses[-1] if losses else None,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     if losses:
         write_loss_curve(losses, out / "loss.png")
     write_report(run, before, after, out / "report.html")

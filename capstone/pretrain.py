@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from solutions import scenes
 from solutions.evaluate import decode
+from solutions.files import write_atomic
 from solutions.model import Model, count_params, init_params
 from solutions.params import save_params
 from solutions.preprocess import postprocess_tokens, preprocess_image, preprocess_tokens
@@ -184,8 +185,8 @@ def pretrain(out: pathlib.Path, settings: Settings) -> dict:
         "settings": dataclasses.asdict(settings),
         "scores": scores,
     }
-    (out / "config.json").write_text(json.dumps(card, indent=1) + "\n")
-    (out / "MODEL_CARD.md").write_text(_model_card(card))
+    write_atomic(out / "config.json", json.dumps(card, indent=1) + "\n")
+    write_atomic(out / "MODEL_CARD.md", _model_card(card))
     return scores
 
 

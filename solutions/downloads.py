@@ -41,6 +41,7 @@ from kagglehub.handle import parse_model_handle
 
 from solutions import tokenizer as tokenizer_lib
 from solutions.configs import PALIGEMMA_VOCAB_SIZE, Checkpoint, get_checkpoint
+from solutions.files import write_atomic
 
 CHECKPOINT_DIR_ENV = "PALIGEMMA_CHECKPOINT_DIR"
 KAGGLE_SETTINGS_URL = "https://www.kaggle.com/settings"
@@ -349,15 +350,6 @@ def _sha256(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        partial.write_text(text)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 # --- The tokenizer, from big_vision's bucket -----------------------------------------------------
 
 
@@ -397,7 +389,7 @@ def download_tokenizer(dest_dir: str | os.PathLike) -> pathlib.Path:
         by_hand=by_hand,
         check=lambda partial: check_paligemma_tokenizer(partial, name=TOKENIZER_URL),
     )
-    _write_text_atomic(_record_path(path), f"{_sha256(path)}  {path.name}\n")
+    write_atomic(_record_path(path), f"{_sha256(path)}  {path.name}\n")
     return path
 
 
@@ -450,7 +442,7 @@ def _check_against_record(path: pathlib.Path) -> None:
     record = _record_path(path)
     if not record.is_file():  # put there by hand: check it once, then trust its hash
         check_paligemma_tokenizer(path)
-        _write_text_atomic(record, f"{_sha256(path)}  {path.name}\n")
+        write_atomic(record, f"{_sha256(path)}  {path.name}\n")
         return
     recorded = record.read_text().split()[0]
     digest = _sha256(path)

@@ -43,6 +43,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from solutions.files import write_atomic
+
 __all__ = [
     "HELD_OUT_PAIRS",
     "Background",
@@ -508,13 +510,6 @@ def object_f1(
 # ----------------------------------------------------------------------------- writing a dataset
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    """Writes through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _make_example(task: tuple) -> dict:
     """Samples, renders and saves one example; returns its jsonl row."""
     out_dir, split, index, seed, caption, prefix, image_size = task
@@ -522,7 +517,7 @@ def _make_example(task: tuple) -> dict:
     relative = f"images/{split}_{index:05d}.jpg"
     buffer = io.BytesIO()
     render_scene(scene, image_size).save(buffer, "JPEG", quality=90)
-    _write_atomic(pathlib.Path(out_dir) / relative, buffer.getvalue())
+    write_atomic(pathlib.Path(out_dir) / relative, buffer.getvalue())
     return {
         "image": relative,
         "prefix": prefix,
@@ -581,7 +576,7 @@ def write_dataset(
         if n:
             lines = "".join(json.dumps(row) + "\n" for row in rows[start : start + n])
             paths[split] = out / jsonl_name(split, n)
-            _write_atomic(paths[split], lines.encode())
+            write_atomic(paths[split], lines.encode())
         start += n
     return paths
 

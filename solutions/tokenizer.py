@@ -22,6 +22,8 @@ from collections.abc import Iterable
 import sentencepiece
 from sentencepiece import sentencepiece_model_pb2
 
+from solutions.files import write_atomic
+
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 SEPARATOR = "\n"
 LOC_TOKENS = tuple(f"<loc{i:04d}>" for i in range(1024))  # detection: image coordinates
@@ -74,18 +76,8 @@ def train_tokenizer(
         # are never split, so "<loc0012>" encodes to exactly one id.
         for piece in (*LOC_TOKENS, *SEG_TOKENS):
             proto.pieces.add(piece=piece, score=0.0, type=proto.SentencePiece.USER_DEFINED)
-    _write_atomic(path, proto.SerializeToString())
+    write_atomic(path, proto.SerializeToString())
     return load_tokenizer(path)
-
-
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_tokenizer(path: str | os.PathLike) -> sentencepiece.SentencePieceProcessor:
