@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-parity bench memory lint format clean
+.PHONY: setup demo app app-timing test grade lab test-lessons docs serve-docs test-parity bench memory lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +21,42 @@ TINY := capstone/assets/tiny/params.npz
 demo: $(STAMP) $(TINY)
 	$(BIN)/python -m capstone.finetune --out runs/demo
 
+## app: the captioning app in your browser (http://localhost:8501)
+app: $(STAMP) $(TINY)
+	$(BIN)/streamlit run capstone/app.py
+
+## app-timing: seconds per caption once warm, and from process start to the first caption
+app-timing: $(STAMP) $(TINY)
+	$(BIN)/python -m capstone.app_timing
+
 # The shipped model; rebuilt from scratch (tens of CPU minutes) only when absent.
 $(TINY): | $(STAMP)
 	$(BIN)/python -m capstone.pretrain
 
-## test: the whole test suite (parity tests skip without the parity extra)
+## test: the whole test suite, lessons graded against the reference solutions
+## (parity tests skip without the parity extra)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --impl solutions
+
+## grade: grade your lessons (all, or one: make grade LESSON=5) and print the scoreboard
+grade: $(STAMP)
+	$(BIN)/python -m pytest -q tests/lessons $(if $(LESSON),-m lesson$(LESSON))
+
+## lab: open the lessons in JupyterLab
+lab: $(STAMP)
+	$(BIN)/jupyter lab lessons
+
+## test-lessons: run the nine lessons top to bottom with the reference solutions swapped in
+test-lessons: $(STAMP)
+	$(BIN)/python -m tests.execute_lessons --out build/lessons
+
+## docs: build the course website into site/ (lesson outputs from build/lessons/ when present)
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+## serve-docs: serve the website at http://127.0.0.1:8000, rebuilding on every change
+serve-docs: $(STAMP)
+	$(BIN)/mkdocs serve
 
 ## test-parity: install the parity extra (torch CPU, transformers) and run those tests
 test-parity: $(STAMP)
@@ -53,4 +82,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build site *.egg-info

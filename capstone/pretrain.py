@@ -8,14 +8,20 @@ the same architecture at small size, pretrained from scratch on images our
 `solutions.scenes` generator draws. Like PaliGemma's pretraining it mixes
 tasks, each named by its prefix:
 
-    "caption en"  ->  "a large red circle and a small blue square"   (short captions)
-    "count en"    ->  "two"                                          (how many shapes)
+    "caption en"   ->  "a large red circle and a small blue square"      (short captions)
+    "describe en"  ->  "a large red circle in the top left; a small blue square at the
+                        top; on a striped grey background"               (a layout list)
+    "count en"     ->  "two"                                             (how many shapes)
 
-Long, longcap-style captions are kept out: teaching them is the capstone
-fine-tune's job. The run is reproducible (same seed, same bytes) and writes,
-atomically, `params.npz` (big_vision's format, bfloat16), `tokenizer.model`
-(PaliGemma's id layout), `config.json` and `MODEL_CARD.md` with its scores on
-the held-out test split (colour-kind pairs never seen in training).
+Longcap-style prose is kept out: turning "caption en" into paragraphs ("Two
+shapes sit on ... The red circle is above the blue square.") is the capstone
+fine-tune's job, as longcap100 is for the real model. The run is reproducible
+(same seed, same bytes) and writes, atomically, `params.npz` (big_vision's
+format, bfloat16), `tokenizer.model` (PaliGemma's id layout), `config.json`
+and `MODEL_CARD.md` with its scores on validation scenes and on the held-out
+test split (colour-kind pairs never seen in training). Every `--eval-every`
+steps it prints those scores and saves the parameters so far, so a stopped
+run keeps its last evaluated state.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import optax
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
+from capstone import pretrain_vision
 from solutions import scenes
 from solutions.evaluate import decode
 from solutions.files import write_atomic
@@ -45,15 +52,17 @@ from solutions.tokenizer import train_tokenizer
 from solutions.train import cosine_schedule, init_train_state, make_update_fn, trainable_mask
 
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets" / "tiny"
-RESOLUTION = 112  # 8x8 patches of 14 pixels -> 64 image tokens
-SEQLEN = 32  # prefix + short caption fits easily
+RESOLUTION = 224  # the real PaliGemma's smallest size; 8x8 patches of 28 pixels -> 64 tokens
+SEQLEN = 48  # prefix + the longest layout list (four shapes and a background): 46 tokens
 NUMBERS = ("zero", "one", "two", "three", "four")
+# How often each task is drawn: captions and layouts teach what is where, counting is cheap.
+TASK_WEIGHTS = {"caption en": 0.45, "describe en": 0.45, "count en": 0.10}
 
 
 def tiny_config(vocab_size: int) -> dict:
-    """The shipped model's config: PaliGemma's architecture at about 2.5M parameters."""
+    """The shipped model's config: PaliGemma's architecture at about 3M parameters."""
     return {
-        "img": {"width": 128, "depth": 3, "mlp_dim": 512, "num_heads": 4, "patch_size": 14},
+        "img": {"width": 128, "depth": 4, "mlp_dim": 512, "num_heads": 4, "patch_size": 28},
         "llm": {
             "width": 192,
             "depth": 3,
@@ -70,25 +79,47 @@ def tiny_config(vocab_size: int) -> dict:
 class Settings:
     """Pretraining knobs; the defaults build the shipped model."""
 
-    steps: int = 2500
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    num_scenes: int = 8000
+    vision_steps: int = 3000  # stage 0: the image tower alone (capstone.pretrain_vision)
+    vision_batch_size: int = 32
+    vision_learning_rate: float = 2e-3
+    steps: int = 3000  # stage 1: the whole model on the task mixture
+    batch_size: int = 16
+    learning_rate: float = 1.5e-3
+    num_scenes: int = 16000
     num_eval: int = 64
+    eval_every: int = 1000
     seed: int = 0
 
 
-def _task_examples(scene: scenes.Scene) -> list[tuple[str, str]]:
-    return [("caption en", scenes.short_caption(scene)), ("count en", NUMBERS[len(scene.shapes)])]
+def layout_text(scene: scenes.Scene) -> str:
+    """The "describe en" target: every grid cell's shapes with their position, then the
+    background, e.g. "a small blue star on top of a large green square in the centre;
+    a large red circle on the right; on a dotted white background"."""
+    parts = []
+    for group in scenes.cell_groups(scene):
+        names = [f"a {s.size} {s.colour} {s.kind}" for s in reversed(group)]
+        parts.append(f"{' on top of '.join(names)} {scenes.POSITIONS[group[0].position]}")
+    background = scene.background
+    parts.append(f"on a {background.pattern} {background.tone} background")
+    return "; ".join(parts)
+
+
+def task_examples(scene: scenes.Scene) -> dict[str, str]:
+    """Every pretraining task's target for one scene, keyed by prefix."""
+    return {
+        "caption en": scenes.short_caption(scene),
+        "describe en": layout_text(scene),
+        "count en": NUMBERS[len(scene.shapes)],
+    }
 
 
 def tokenizer_text(num_scenes: int = 3000, seed: int = 0) -> list[str]:
     """Text the tokenizer learns from: all caption styles, so fine-tuning on
     long captions finds its words in the vocabulary."""
-    text = ["caption en", "count en", *NUMBERS]
+    text = [*TASK_WEIGHTS, *NUMBERS]
     for i in range(num_scenes):
         scene = scenes.sample_scene(scenes.example_seed(seed, "train", i))
-        text += [scenes.short_caption(scene), scenes.long_caption(scene)]
+        text += [*task_examples(scene).values(), scenes.long_caption(scene)]
     return text
 
 
@@ -97,22 +128,27 @@ def render_scenes(num: int, split: str, seed: int, desc: str) -> tuple[np.ndarra
     images = np.zeros((num, RESOLUTION, RESOLUTION, 3), np.float16)
     drawn = []
     for i in tqdm(range(num), desc=desc, unit="img", leave=False):
-        scene = scenes.sample_scene(scenes.example_seed(seed, split, i))
+        scene = scenes.sample_scene(scenes.example_seed(seed, split, i), split=split)
         images[i] = preprocess_image(scenes.render_scene(scene), RESOLUTION)
         drawn.append(scene)
     return images, drawn
 
 
 def training_batches(images, drawn, tokenizer, settings: Settings):
-    """Endless batches mixing both tasks, drawn with a seeded generator."""
+    """Endless batches mixing the tasks by `TASK_WEIGHTS`, drawn with a seeded generator."""
     rng = np.random.default_rng(settings.seed)
+    prefixes = list(TASK_WEIGHTS)
     encoded = [
-        [preprocess_tokens(p, s, SEQLEN, tokenizer=tokenizer) for p, s in _task_examples(scene)]
+        [
+            preprocess_tokens(prefix, target, SEQLEN, tokenizer=tokenizer)
+            for prefix, target in task_examples(scene).items()
+        ]
         for scene in drawn
     ]
+    weights = np.array([TASK_WEIGHTS[p] for p in prefixes])
     while True:
         rows = rng.integers(0, len(drawn), settings.batch_size)
-        tasks = rng.integers(0, 2, settings.batch_size)
+        tasks = rng.choice(len(prefixes), settings.batch_size, p=weights / weights.sum())
         text = np.stack([encoded[r][t] for r, t in zip(rows, tasks, strict=True)])
         yield {
             "image": images[rows].astype(np.float32),
@@ -122,20 +158,43 @@ def training_batches(images, drawn, tokenizer, settings: Settings):
         }
 
 
-def evaluate_captions(params, model, tokenizer, images, drawn, prefix="caption en"):
-    """Greedy captions of `images`; returns (captions, mean object F1, exact matches)."""
-    prompt = [preprocess_tokens(prefix, None, None, tokenizer=tokenizer)] * len(drawn)
+def generate(params, model, tokenizer, images, prefix: str) -> list[str]:
+    """Greedy answers to `prefix` for float[N, R, R, 3] `images`."""
+    prompt = preprocess_tokens(prefix, None, None, tokenizer=tokenizer)
     batch = {
-        "image": images.astype(np.float32),
-        "text": np.stack([p[0] for p in prompt]),
-        "mask_ar": np.stack([p[1] for p in prompt]),
-        "mask_input": np.stack([p[3] for p in prompt]),
+        "image": np.asarray(images, np.float32),
+        "text": np.tile(prompt[0], (len(images), 1)),
+        "mask_ar": np.tile(prompt[1], (len(images), 1)),
+        "mask_input": np.tile(prompt[3], (len(images), 1)),
     }
     tokens = decode(params, batch, model=model, max_decode_len=SEQLEN)
-    captions = [postprocess_tokens(row, tokenizer=tokenizer) for row in tokens]
-    f1 = [scenes.object_f1(c, s)[2] for c, s in zip(captions, drawn, strict=True)]
-    exact = [c == scenes.short_caption(s) for c, s in zip(captions, drawn, strict=True)]
-    return captions, float(np.mean(f1)), float(np.mean(exact))
+    return [postprocess_tokens(row, tokenizer=tokenizer) for row in tokens]
+
+
+def evaluate(params, model, tokenizer, images, drawn) -> dict:
+    """Scores on some scenes: object F1 of short captions (size, colour, kind), of layout
+    lists with positions too, and counting accuracy. Returns floats and a few examples."""
+    captions = generate(params, model, tokenizer, images, "caption en")
+    layouts = generate(params, model, tokenizer, images, "describe en")
+    counts = generate(params, model, tokenizer, images, "count en")
+    pairs = list(zip(drawn, captions, layouts, counts, strict=True))
+    return {
+        "caption_object_f1": float(np.mean([scenes.object_f1(c, s)[2] for s, c, _, _ in pairs])),
+        "caption_exact": float(np.mean([c == scenes.short_caption(s) for s, c, _, _ in pairs])),
+        "layout_object_f1_with_position": float(
+            np.mean([scenes.object_f1(lay, s, match_position=True)[2] for s, _, lay, _ in pairs])
+        ),
+        "count_accuracy": float(np.mean([n == NUMBERS[len(s.shapes)] for s, _, _, n in pairs])),
+        "examples": [[scenes.short_caption(s), c] for s, c, _, _ in pairs[:5]],
+    }
+
+
+def _rounded(scores: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}
+
+
+def _shippable(params) -> dict:
+    return jax.tree.map(lambda p: np.asarray(p).astype(ml_dtypes.bfloat16), params)
 
 
 def pretrain(out: pathlib.Path, settings: Settings) -> dict:
@@ -147,7 +206,23 @@ def pretrain(out: pathlib.Path, settings: Settings) -> dict:
     model = Model(**config)
     params = init_params(model, RESOLUTION, seed=settings.seed)
     images, drawn = render_scenes(settings.num_scenes, "train", settings.seed, "train scenes")
-    test_images, test_drawn = render_scenes(settings.num_eval, "test", settings.seed, "test")
+    held_out = {
+        split: render_scenes(settings.num_eval, split, settings.seed, split)
+        for split in ("val", "test")
+    }
+
+    vision_scores = {}
+    if settings.vision_steps:
+        params, vision_scores = pretrain_vision.train_vision(
+            model,
+            params,
+            images,
+            drawn,
+            steps=settings.vision_steps,
+            batch_size=settings.vision_batch_size,
+            learning_rate=settings.vision_learning_rate,
+            seed=settings.seed,
+        )
 
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1.0))
     trainable = trainable_mask(params, "all")
@@ -155,7 +230,7 @@ def pretrain(out: pathlib.Path, settings: Settings) -> dict:
     state = init_train_state(params, trainable, optimizer)
     batches = training_batches(images, drawn, tokenizer, settings)
     bar = tqdm(range(1, settings.steps + 1), desc="pretraining", unit="step")
-    losses = []
+    losses, history = [], []
     for step in bar:
         lr = cosine_schedule(step, total_steps=settings.steps, base_lr=settings.learning_rate)
         state, loss = update_fn(state, next(batches), lr)
@@ -163,57 +238,88 @@ def pretrain(out: pathlib.Path, settings: Settings) -> dict:
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"loss {losses[-1]} at step {step}: lower --learning-rate")
         bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{float(lr):.2g}")
+        if step % settings.eval_every == 0 and step < settings.steps:
+            val = evaluate(state.params, model, tokenizer, *held_out["val"])
+            history.append({"step": step, "loss": float(np.mean(losses[-100:])), **val})
+            bar.write(
+                json.dumps(_rounded({k: v for k, v in history[-1].items() if k != "examples"}))
+            )
+            save_params(_shippable(state.params), out / "params.npz")
 
-    params = jax.tree.map(lambda p: np.asarray(p).astype(ml_dtypes.bfloat16), state.params)
+    params = _shippable(state.params)
     save_params(params, out / "params.npz")
     shipped = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
-    captions, f1, exact = evaluate_captions(shipped, model, tokenizer, test_images, test_drawn)
     scores = {
-        "test_object_f1": round(f1, 4),
-        "test_exact_match": round(exact, 4),
-        "final_loss": round(float(np.mean(losses[-50:])), 4),
         "num_params": count_params(params),
+        "final_loss": round(float(np.mean(losses[-100:])), 4),
         "seconds": round(time.perf_counter() - start, 1),
-        "examples": [
-            [scenes.short_caption(s), c] for s, c in zip(test_drawn[:5], captions[:5], strict=True)
-        ],
+        "stage0_readout_accuracy": _rounded(vision_scores),
+        "val": _rounded(evaluate(shipped, model, tokenizer, *held_out["val"])),
+        "test": _rounded(evaluate(shipped, model, tokenizer, *held_out["test"])),
     }
     card = {
         "config": config,
         "resolution": RESOLUTION,
         "seqlen": SEQLEN,
+        "tasks": TASK_WEIGHTS,
         "settings": dataclasses.asdict(settings),
         "scores": scores,
+        "history": [_rounded({k: v for k, v in h.items() if k != "examples"}) for h in history],
     }
     write_atomic(out / "config.json", json.dumps(card, indent=1) + "\n")
     write_atomic(out / "MODEL_CARD.md", _model_card(card))
     return scores
 
 
+SCORE_LABELS = {
+    "caption_object_f1": '"caption en" object F1 (size, colour, kind)',
+    "caption_exact": '"caption en" exact match',
+    "layout_object_f1_with_position": '"describe en" object F1 with position',
+    "count_accuracy": '"count en" accuracy',
+}
+
+
 def _model_card(card: dict) -> str:
     s, scores = card["settings"], card["scores"]
-    examples = "\n".join(f"| {want} | {got} |" for want, got in scores["examples"])
+    val, test = scores["val"], scores["test"]
+    examples = "\n".join(f"| {want} | {got} |" for want, got in test["examples"])
+    rows = "\n".join(
+        f"| {label} | {val[key]} | {test[key]} |" for key, label in SCORE_LABELS.items()
+    )
+    tasks = ", ".join(f'"{name}" ({weight:.0%})' for name, weight in card["tasks"].items())
     return f"""# The course's tiny PaliGemma
 
 PaliGemma's architecture (SigLIP ViT + Gemma decoder, prefix-LM) at
 {scores["num_params"]:,} parameters, stored in bfloat16 in big_vision's npz format.
+It reads {card["resolution"]}x{card["resolution"]} images, as the smallest real PaliGemma.
 Config: `config.json`. Tokenizer: `tokenizer.model` (PaliGemma's id layout).
 
 ## How it was made
 
-`python -m capstone.pretrain`: {s["steps"]} Adam steps (batch {s["batch_size"]}, peak
-learning rate {s["learning_rate"]}, cosine schedule with 10% warm-up) over
-{s["num_scenes"]} generated scenes at {card["resolution"]}px, tasks "caption en" (short
-captions) and "count en". Seed {s["seed"]}; the same seed gives the same file.
-It took {scores["seconds"]:.0f} s on the machine that built it.
+`python -m capstone.pretrain`, in two stages over {s["num_scenes"]} generated scenes:
 
-## Scores on the held-out test split
+0. the image tower alone learns what each patch shows (shape kind, colour,
+   size, or background) and the background's pattern and tone:
+   {s["vision_steps"]} Adam steps, batch {s["vision_batch_size"]}, peak learning rate
+   {s["vision_learning_rate"]} (`capstone.pretrain_vision`; its read-outs are then dropped,
+   as SigLIP's training heads are for the real model);
+1. the whole model on the tasks {tasks}: {s["steps"]} Adam steps, batch
+   {s["batch_size"]}, peak learning rate {s["learning_rate"]}.
 
-{len(scores["examples"])} examples below; scores over the first {s["num_eval"]} test
-scenes, whose colour-kind pairs never appear in training:
+Both use a cosine schedule with 10% warm-up. Seed {s["seed"]}; the same seed
+gives the same file. It took {scores["seconds"]:.0f} s on the 2-core machine that built it.
 
-- object F1 (size, colour, kind; `solutions.scenes.object_f1`): {scores["test_object_f1"]}
-- exact short caption: {scores["test_exact_match"]}
+## Scores
+
+Greedy decoding on {s["num_eval"]} validation scenes (colour-kind pairs seen in
+training) and {s["num_eval"]} test scenes (each holds a colour-kind pair never seen in
+training):
+
+| score | validation | test |
+| --- | --- | --- |
+{rows}
+
+Test examples, "caption en":
 
 | reference | model |
 | --- | --- |

@@ -7,10 +7,11 @@ A dataset is a folder with one jsonl file per split and the images beside it:
       data_val10.jsonl
       images/...
 
-`read_jsonl` checks every line up front and says which file and line is
-wrong; images are opened when an example is used. `train_examples` shuffles
-and repeats forever, `validation_examples` goes through once in order, and
-`batches` stacks examples into the notebook's batch dicts.
+`read_jsonl` checks every line up front (`parse_line`) and says which file
+and line is wrong; images are opened when an example is used.
+`train_examples` shuffles and repeats forever (`shuffled_epochs`),
+`validation_examples` goes through once in order, and `batches` stacks
+examples into the notebook's batch dicts.
 
 Bad input never passes silently: with `on_error="raise"` (the default) the
 first bad line stops with a `DataError` naming it; with `on_error="skip"` bad
@@ -77,8 +78,23 @@ def _check_on_error(on_error: str) -> None:
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
 
 
-def _parse_line(text: str, source: str, root: pathlib.Path) -> Example:
-    """One jsonl line -> Example, or DataError(reason) naming `source`."""
+def parse_line(text: str, source: str, root: pathlib.Path) -> Example:
+    """Checks one jsonl line and turns it into an `Example`.
+
+    The line must be a JSON object whose "image", "prefix" and "suffix" are
+    strings, and the image path (relative to `root`) must stay inside `root`.
+    Other fields are kept in `Example.extra`.
+
+    Args:
+      text: the line, e.g. '{"image": "images/a.jpg", "prefix": "caption en", "suffix": "..."}'.
+      source: where the line comes from, "file.jsonl:LINE", put in front of every error.
+      root: the dataset folder, absolute and resolved.
+    Returns:
+      The Example, with `image_path` absolute.
+    Raises:
+      DataError: "<source>: <what is wrong>" for invalid JSON, a non-object, a
+        missing or non-string field, or an image path outside `root`.
+    """
     try:
         record = json.loads(text)
     except json.JSONDecodeError as err:
@@ -134,7 +150,7 @@ def read_jsonl(
             if not text.strip():
                 continue
             try:
-                examples.append(_parse_line(text, f"{path.name}:{number}", root))
+                examples.append(parse_line(text, f"{path.name}:{number}", root))
             except DataError as err:
                 if on_error == "raise":
                     raise
@@ -198,6 +214,24 @@ def _usable(examples, on_error: str, stats: DataStats) -> Iterator[tuple[Example
             stats.skipped[_reason(err)] += 1
 
 
+def shuffled_epochs(num_examples: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """The order of training: a fresh shuffle of every example, epoch after epoch, forever.
+
+    One `np.random.default_rng(seed)` draws `permutation(num_examples)` per
+    epoch, so the same seed gives the same orders (a resumable, comparable
+    run) while each epoch differs from the one before.
+
+    Args:
+      num_examples: N, the size of the split.
+      seed: the shuffle's seed.
+    Yields:
+      int64[N], a permutation of 0..N-1, once per epoch.
+    """
+    rng = np.random.default_rng(seed)
+    while True:
+        yield rng.permutation(num_examples)
+
+
 def train_examples(
     examples: list[Example],
     *,
@@ -219,9 +253,7 @@ def train_examples(
     """
     _check_on_error(on_error)
     stats = stats if stats is not None else DataStats()
-    rng = np.random.default_rng(seed)
-    while True:
-        order = rng.permutation(len(examples))
+    for order in shuffled_epochs(len(examples), seed):
         produced = 0
         for example, image in _usable((examples[i] for i in order), on_error, stats):
             produced += 1

@@ -114,11 +114,9 @@ def download_checkpoint(
         put the file by hand.
     """
     checkpoint = _as_checkpoint(name_or_checkpoint)
+    if (found := checkpoint_on_disk(checkpoint, cache_dir=cache_dir)) is not None:
+        return found
     folder = _checkpoint_folder(cache_dir)
-    if folder is not None and (folder / checkpoint.filename).is_file():
-        return folder / checkpoint.filename
-    if folder is None and (cached := _complete_in_kaggle_cache(checkpoint)) is not None:
-        return cached
     has_credentials = _kaggle_credentials_found()
     try:
         if folder is None:
@@ -130,6 +128,24 @@ def download_checkpoint(
         return _download_into(folder, checkpoint)
     except (requests.RequestException, DataCorruptionError) as err:
         raise _checkpoint_error(err, checkpoint, folder, has_credentials=has_credentials) from err
+
+
+def checkpoint_on_disk(
+    name_or_checkpoint: str | Checkpoint, *, cache_dir: str | os.PathLike | None = None
+) -> pathlib.Path | None:
+    """The path `download_checkpoint` would return without touching the network, or None.
+
+    That is `<folder>/<filename>` when a folder is in use (`cache_dir`, else
+    $PALIGEMMA_CHECKPOINT_DIR) and the file is there; otherwise kagglehub's
+    cached copy when kagglehub marked it complete. None means a call to
+    `download_checkpoint` would download.
+    """
+    checkpoint = _as_checkpoint(name_or_checkpoint)
+    folder = _checkpoint_folder(cache_dir)
+    if folder is not None:
+        path = folder / checkpoint.filename
+        return path if path.is_file() else None
+    return _complete_in_kaggle_cache(checkpoint)
 
 
 def _as_checkpoint(name_or_checkpoint: str | Checkpoint) -> Checkpoint:
@@ -195,56 +211,85 @@ def _where_to_put(checkpoint: Checkpoint, folder: pathlib.Path | None) -> str:
     )
 
 
+def kaggle_failure_kind(status: int | None, *, has_credentials: bool) -> str:
+    """What Kaggle's answer to a checkpoint download means, read from its HTTP status.
+
+    PaliGemma is gated, so Kaggle refuses in ways that need different fixes:
+
+        status      credentials  kind           what to do
+        401 or 403  none found   "credentials"  create an API token and install it
+        401         found        "rejected"     the key is wrong or revoked: make a new one
+        403         found        "license"      accept the license on the model's page
+        404         either       "missing"      the handle's variation or version is wrong
+        None        either       "network"      no answer at all: offline, DNS or a proxy
+        other       either       "server"       Kaggle's own trouble: try again later
+
+    Without credentials a request is anonymous, and Kaggle refuses anonymous
+    requests for gated models with 401 or 403; either way the key is what is
+    missing, not the license.
+
+    Args:
+      status: the HTTP status code, or None when no HTTP answer came back.
+      has_credentials: whether kagglehub found credentials before the request.
+    Returns:
+      One of the kinds above.
+    """
+    if status in (401, 403) and not has_credentials:
+        return "credentials"
+    if status is None:
+        return "network"
+    return {401: "rejected", 403: "license", 404: "missing"}.get(status, "server")
+
+
 def _checkpoint_error(
     err: Exception, checkpoint: Checkpoint, folder: pathlib.Path | None, *, has_credentials: bool
 ) -> DownloadError:
     """Turns what kagglehub raised into one message that says what to do."""
-    handle = parse_model_handle(checkpoint.kaggle_handle)
-    model_page = f"https://www.kaggle.com/models/{handle.owner}/{handle.model}"
-    put = _where_to_put(checkpoint, folder)
-    response = getattr(err, "response", None)
-    status = response.status_code if response is not None else None
-    if status in (401, 403) and not has_credentials:
-        return DownloadError(
-            f"Kaggle needs your API credentials to download {checkpoint.name}, and none were "
-            f"found. Create a token at {KAGGLE_SETTINGS_URL} (API section), then either set "
-            "KAGGLE_USERNAME and KAGGLE_KEY, or save it as ~/.kaggle/kaggle.json, or call "
-            "kagglehub.login() in a notebook; also accept the license at "
-            f"{model_page} with that account. Or, without Kaggle, {put}."
-        )
-    if status == 401:
-        return DownloadError(
-            f"Kaggle rejected your credentials (HTTP 401) for {checkpoint.kaggle_handle}: the "
-            f"key is wrong or was revoked. Create a new token at {KAGGLE_SETTINGS_URL} and update "
-            f"KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json. Or {put}."
-        )
-    if status == 403:
-        return DownloadError(
-            f"Kaggle refused {checkpoint.kaggle_handle} (HTTP 403): PaliGemma is gated. Sign in "
-            f"to Kaggle with the account your API key belongs to, accept the license at "
-            f"{model_page}, and run this again. Or {put}."
-        )
-    if status == 404:
-        return DownloadError(
-            f"Kaggle has no {checkpoint.filename} under {checkpoint.kaggle_handle} (HTTP 404): "
-            f"check the variation and version at {model_page} against "
-            f"solutions.configs.CHECKPOINTS. Or {put}."
-        )
     if isinstance(err, DataCorruptionError):
         return DownloadError(
             f"{checkpoint.filename} arrived corrupted (its MD5 did not match Kaggle's); "
             "run this again."
         )
-    if status is None:
-        return DownloadError(
+    handle = parse_model_handle(checkpoint.kaggle_handle)
+    model_page = f"https://www.kaggle.com/models/{handle.owner}/{handle.model}"
+    put = _where_to_put(checkpoint, folder)
+    response = getattr(err, "response", None)
+    status = response.status_code if response is not None else None
+    messages = {
+        "credentials": (
+            f"Kaggle needs your API credentials to download {checkpoint.name}, and none were "
+            f"found. Create a token at {KAGGLE_SETTINGS_URL} (API section), then either set "
+            "KAGGLE_USERNAME and KAGGLE_KEY, or save it as ~/.kaggle/kaggle.json, or call "
+            "kagglehub.login() in a notebook; also accept the license at "
+            f"{model_page} with that account. Or, without Kaggle, {put}."
+        ),
+        "rejected": (
+            f"Kaggle rejected your credentials (HTTP 401) for {checkpoint.kaggle_handle}: the "
+            f"key is wrong or was revoked. Create a new token at {KAGGLE_SETTINGS_URL} and update "
+            f"KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json. Or {put}."
+        ),
+        "license": (
+            f"Kaggle refused {checkpoint.kaggle_handle} (HTTP 403): PaliGemma is gated. Sign in "
+            f"to Kaggle with the account your API key belongs to, accept the license at "
+            f"{model_page}, and run this again. Or {put}."
+        ),
+        "missing": (
+            f"Kaggle has no {checkpoint.filename} under {checkpoint.kaggle_handle} (HTTP 404): "
+            f"check the variation and version at {model_page} against "
+            f"solutions.configs.CHECKPOINTS. Or {put}."
+        ),
+        "network": (
             f"Could not reach Kaggle to download {checkpoint.kaggle_handle} "
             f"({type(err).__name__}): no network, or DNS or a proxy is in the way. Connect and "
             f"run this again, or download {checkpoint.filename} elsewhere from {model_page} and "
             f"{put}."
-        )
-    return DownloadError(
-        f"Kaggle answered HTTP {status} for {checkpoint.kaggle_handle}; try again later, or {put}."
-    )
+        ),
+        "server": (
+            f"Kaggle answered HTTP {status} for {checkpoint.kaggle_handle}; try again later, "
+            f"or {put}."
+        ),
+    }
+    return DownloadError(messages[kaggle_failure_kind(status, has_credentials=has_credentials)])
 
 
 # --- Public buckets, over plain HTTPS ------------------------------------------------------------
@@ -342,7 +387,12 @@ def _http_error(code: int, url: str, by_hand: str) -> DownloadError:
     return DownloadError(f"{url} answered HTTP {code}; try again later, or {by_hand}.")
 
 
-def _sha256(path: pathlib.Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes as 64 lowercase hex digits, as `sha256sum` prints it.
+
+    The file is read in 1 MiB chunks, so a checkpoint of many gigabytes needs
+    no more memory than a small file.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         while chunk := file.read(_CHUNK_BYTES):
@@ -389,7 +439,7 @@ def download_tokenizer(dest_dir: str | os.PathLike) -> pathlib.Path:
         by_hand=by_hand,
         check=lambda partial: check_paligemma_tokenizer(partial, name=TOKENIZER_URL),
     )
-    write_atomic(_record_path(path), f"{_sha256(path)}  {path.name}\n")
+    write_atomic(_record_path(path), f"{sha256_file(path)}  {path.name}\n")
     return path
 
 
@@ -431,7 +481,7 @@ def _record_path(path: pathlib.Path) -> pathlib.Path:
 def _check_pinned_sha256(path: pathlib.Path, name: str) -> None:
     if KNOWN_TOKENIZER_SHA256 is None:
         return
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != KNOWN_TOKENIZER_SHA256:
         raise DownloadError(
             f"{name} has SHA-256 {digest}, but KNOWN_TOKENIZER_SHA256 is {KNOWN_TOKENIZER_SHA256}."
@@ -442,10 +492,10 @@ def _check_against_record(path: pathlib.Path) -> None:
     record = _record_path(path)
     if not record.is_file():  # put there by hand: check it once, then trust its hash
         check_paligemma_tokenizer(path)
-        write_atomic(record, f"{_sha256(path)}  {path.name}\n")
+        write_atomic(record, f"{sha256_file(path)}  {path.name}\n")
         return
     recorded = record.read_text().split()[0]
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != recorded:
         raise DownloadError(
             f"{path} has changed since it was downloaded: its SHA-256 is {digest}, but {record} "

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from solutions.gemma import gemma_config, slice_layers_once
 
@@ -35,6 +35,8 @@ __all__ = [
     "PAD_TOKEN",
     "Sampler",
     "decode",
+    "keep_top_k",
+    "keep_top_p",
     "make_predictions",
     "resolve_sampler",
     "sample_logits",
@@ -165,20 +167,40 @@ def sample_logits(logits: jax.Array, rng: jax.Array, sampler: Sampler) -> jax.Ar
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / sampler.temperature
     if sampler.top_k:
-        logits = _keep_top_k(logits, sampler.top_k)
+        logits = keep_top_k(logits, sampler.top_k)
     if sampler.top_p < 1:
-        logits = _keep_top_p(logits, sampler.top_p)
+        logits = keep_top_p(logits, sampler.top_p)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-def _keep_top_k(logits: jax.Array, k: int) -> jax.Array:
-    """float[B, V] -> same, with every logit below the k-th highest set to -inf."""
+def keep_top_k(logits: jax.Array, k: int) -> jax.Array:
+    """Top-k filtering: only the k most likely tokens of each row can be drawn.
+
+    Args:
+      logits: float32[B, V].
+      k: how many to keep, >= 1; k >= V keeps every token.
+    Returns:
+      float32[B, V]: `logits` with every entry below its row's k-th highest
+      set to -inf (entries tied with the k-th highest stay).
+    """
     kth_highest = jax.lax.top_k(logits, min(k, logits.shape[-1]))[0][:, -1:]
     return jnp.where(logits < kth_highest, -jnp.inf, logits)
 
 
-def _keep_top_p(logits: jax.Array, p: float) -> jax.Array:
-    """float[B, V] -> same, keeping the most likely tokens until their mass reaches p."""
+def keep_top_p(logits: jax.Array, p: float) -> jax.Array:
+    """Nucleus (top-p) filtering: the smallest set of most likely tokens holding mass p.
+
+    Ranked from the most likely down, a token stays when the tokens ranked
+    above it hold less than `p` of the probability, so the top token always
+    stays.
+
+    Args:
+      logits: float32[B, V].
+      p: the probability mass to keep, in (0, 1].
+    Returns:
+      float32[B, V]: `logits` with every dropped entry set to -inf (entries tied
+      with the last kept one stay).
+    """
     sorted_logits = jnp.flip(jnp.sort(logits, axis=-1), axis=-1)
     sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
     # A token stays if the tokens ranked above it hold less than p; the top one always does.

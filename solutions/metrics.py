@@ -133,7 +133,7 @@ def cider(
 
     Args:
       predictions: one caption per example, [N] strings (an empty one scores 0).
-      references: one or more reference captions per example, [N][R_i] strings.
+      references: one or more reference captions per example, `[N][R_i]` strings.
       n: the longest n-gram order; 4 as in COCO.
       sigma: width of the Gaussian length penalty, in words; 6 as in COCO.
 

@@ -87,7 +87,30 @@ def preprocess_image(
       ValueError: too many pixels, not an image, or values/shape out of range.
       TypeError: an input type or array dtype this function does not read.
     """
-    pixels = _to_rgb_array(image, max_pixels)
+    return resize_and_scale(_to_rgb_array(image, max_pixels), size)
+
+
+def resize_and_scale(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Resizes RGB pixels to size x size and maps them to [-1, 1]: the core of `preprocess_image`.
+
+    The resize is `tf.image.resize(..., method="bilinear", antialias=True)`,
+    straight to a square (the aspect ratio is not kept). Then 0 maps to -1 and
+    the dtype's full scale to 1: 255 for uint8, 65535 for uint16, 1.0 for
+    float32.
+
+    Args:
+      pixels: uint8, uint16 or float32[H, W, 3], RGB at its dtype's full scale.
+      size: output side in pixels.
+    Returns:
+      float32[size, size, 3], values in [-1, 1].
+    Raises:
+      TypeError: another dtype (convert it first, or use `preprocess_image`).
+    """
+    if pixels.dtype not in _FULL_SCALE:
+        raise TypeError(
+            f"resize_and_scale reads uint8, uint16 or float32 pixels, got {pixels.dtype}; "
+            "preprocess_image converts the other kinds"
+        )
     resized = (
         _tensorflow().image.resize(pixels, (size, size), method="bilinear", antialias=True).numpy()
     )

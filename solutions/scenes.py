@@ -51,12 +51,14 @@ __all__ = [
     "ParsedObject",
     "Scene",
     "Shape",
+    "cell_groups",
     "example_seed",
     "jsonl_name",
     "long_caption",
     "object_f1",
     "objects_text",
     "parse_caption",
+    "render_object_ids",
     "render_scene",
     "sample_scene",
     "scene_objects",
@@ -181,7 +183,7 @@ class Scene:
         cells = [s.position for s in self.shapes]
         if cells != sorted(cells, key=list(POSITIONS).index):
             raise ValueError(f"Scene.shapes must be in reading order of their cells, got {cells}")
-        for group in _cell_groups(self):
+        for group in cell_groups(self):
             if len(group) > 2:
                 raise ValueError(f"Scene.shapes: {len(group)} shapes in cell {group[0].position}")
             if len(group) == 2 and not _is_stack(*group):
@@ -195,7 +197,7 @@ def _is_stack(base: Shape, top: Shape) -> bool:
     return base.size == "large" and top.size == "small" and base.colour != top.colour
 
 
-def _cell_groups(scene: Scene) -> list[list[Shape]]:
+def cell_groups(scene: Scene) -> list[list[Shape]]:
     """The shapes grouped by grid cell, in reading order: [[base, top], [shape], ...]."""
     groups: list[list[Shape]] = []
     for shape in scene.shapes:
@@ -339,10 +341,10 @@ def shape_centre(shape: Shape) -> tuple[float, float]:
     return (col + 0.5 + shape.offset[0]) / 3, (row + 0.5 + shape.offset[1]) / 3
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, side: int) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, side: int, fill=None) -> None:
     cx, cy = (v * side for v in shape_centre(shape))
     radius = SIZES[shape.size] * side / 3
-    fill = COLOURS[shape.colour]
+    fill = COLOURS[shape.colour] if fill is None else fill
     if shape.kind == "circle":
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
     else:
@@ -357,6 +359,16 @@ def render_scene(scene: Scene, size: int = 224) -> Image.Image:
     for shape in scene.shapes:
         _draw_shape(draw, shape, side)
     return image.resize((size, size), Image.Resampling.BOX)
+
+
+def render_object_ids(scene: Scene, size: int = 224) -> np.ndarray:
+    """uint8[size, size]: which shape each pixel shows, 1 + its index in `scene.shapes`, or 0
+    for background. Drawn as `render_scene` draws (later shapes on top), without anti-aliasing."""
+    image = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(image)
+    for index, shape in enumerate(scene.shapes, start=1):
+        _draw_shape(draw, shape, size, fill=index)
+    return np.asarray(image)
 
 
 # ----------------------------------------------------------------------------- captions
@@ -390,7 +402,7 @@ def _relation_sentence(scene: Scene) -> str | None:
     """Where the first two shapes in different cells stand to each other, when their colour and
     kind alone name them without ambiguity ("the red circle is above the blue star")."""
     names = Counter((s.colour, s.kind) for s in scene.shapes)
-    named = [g[0] for g in _cell_groups(scene) if names[(g[0].colour, g[0].kind)] == 1]
+    named = [g[0] for g in cell_groups(scene) if names[(g[0].colour, g[0].kind)] == 1]
     if len(named) < 2:
         return None
     first, second = named[:2]
@@ -409,7 +421,7 @@ def long_caption(scene: Scene) -> str:
         f"{COUNT_WORDS[n - 1]} shape{'s sit' if n > 1 else ' sits'} on a "
         f"{background.pattern} {background.tone} background."
     ]
-    sentences += [_cell_sentence(g, i) for i, g in enumerate(_cell_groups(scene))]
+    sentences += [_cell_sentence(g, i) for i, g in enumerate(cell_groups(scene))]
     relation = _relation_sentence(scene)
     if relation and len(sentences) < 5:
         sentences.append(relation)
@@ -582,7 +594,7 @@ def write_dataset(
 
 
 def _run_tasks(tasks: list[tuple], workers: int, progress: bool) -> list[dict]:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     bar = tqdm(total=len(tasks), unit="img", disable=not progress)
     if workers <= 1:

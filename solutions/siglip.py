@@ -85,6 +85,27 @@ def vit_config(variant: str | None = None, **overrides) -> dict:
     return config
 
 
+def patchify(image: jax.Array, patch_size: tuple[int, int]) -> jax.Array:
+    """Cuts images into non-overlapping patches and flattens each one.
+
+    Args:
+      image: float[B, H, W, C].
+      patch_size: (ph, pw), the patch height and width in pixels.
+    Returns:
+      float[B, H // ph, W // pw, ph * pw * C]: entry [b, i, j] holds the pixels
+      of the patch in grid row i, column j, in (row, column, channel) order.
+      Pixels past the last whole patch are dropped, as a VALID convolution does.
+    """
+    ph, pw = patch_size
+    batch, height, width, channels = image.shape
+    grid_h, grid_w = height // ph, width // pw
+    patches = image[:, : grid_h * ph, : grid_w * pw].reshape(
+        batch, grid_h, ph, grid_w, pw, channels
+    )
+    patches = patches.transpose(0, 1, 3, 2, 4, 5)  # [B, grid_h, grid_w, ph, pw, C]
+    return patches.reshape(batch, grid_h, grid_w, ph * pw * channels)
+
+
 def _flat_dense(features: int, dtype_mm: str, name: str | None = None) -> nn.Dense:
     return nn.Dense(
         features,
@@ -113,20 +134,16 @@ class PatchEmbedding(nn.Module):
     def __call__(self, image):
         """float[B, H, W, C] -> float[B, H/ph, W/pw, D] (pixels past the last whole patch are
         dropped, as a VALID convolution does)."""
-        (ph, pw), (batch, height, width, channels) = self.patch_size, image.shape
-        grid_h, grid_w = height // ph, width // pw
+        (ph, pw), channels = self.patch_size, image.shape[-1]
         kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (ph, pw, channels, self.width)
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.width,))
-        patches = image[:, : grid_h * ph, : grid_w * pw].reshape(
-            batch, grid_h, ph, grid_w, pw, channels
-        )
         # One row per patch, its pixels in the kernel's (row, column, channel) order.
-        patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(-1, ph * pw * channels)
+        patches = patchify(image, self.patch_size)
         kernel = kernel.reshape(-1, self.width).astype(self.dtype_mm)
-        x = patches @ kernel + bias.astype(self.dtype_mm)
-        return x.reshape(batch, grid_h, grid_w, self.width)
+        x = patches.reshape(-1, kernel.shape[0]) @ kernel + bias.astype(self.dtype_mm)
+        return x.reshape(*patches.shape[:3], self.width)
 
 
 class MlpBlock(nn.Module):

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_IMG, TINY_LLM_PG1, TINY_LLM_PG2, TINY_RESOLUTION, randomize
 
 from solutions import evaluate
 from solutions.evaluate import (
@@ -22,6 +21,7 @@ from solutions.evaluate import (
     sample_logits,
 )
 from solutions.model import Model, init_params
+from tests.conftest import TINY_IMG, TINY_LLM_PG1, TINY_LLM_PG2, TINY_RESOLUTION, randomize
 
 PROMPT_LENGTHS = (6, 3, 5)  # ragged: every row pads a different amount
 PADDED_LEN = 7

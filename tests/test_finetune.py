@@ -14,7 +14,9 @@ from solutions.data import DataError
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     folder = tmp_path_factory.mktemp("assets")
-    quick = pretrain.Settings(steps=3, batch_size=4, num_scenes=12, num_eval=4)
+    quick = pretrain.Settings(
+        vision_steps=2, vision_batch_size=4, steps=3, batch_size=4, num_scenes=12, num_eval=4
+    )
     pretrain.pretrain(folder, quick)
     return folder
 

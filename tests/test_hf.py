@@ -14,7 +14,6 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import TINY_IMG, TINY_LLM_PG1, TINY_LLM_PG2, TINY_RESOLUTION, randomize
 
 from solutions.configs import CHECKPOINTS
 from solutions.gemma import gemma_config
@@ -30,6 +29,7 @@ from solutions.hf import (
 )
 from solutions.model import Model, init_params
 from solutions.siglip import vit_config
+from tests.conftest import TINY_IMG, TINY_LLM_PG1, TINY_LLM_PG2, TINY_RESOLUTION, randomize
 
 ATOL = 1e-4  # float32 logits of order 1-10
 NUM_IMAGE_TOKENS = (TINY_RESOLUTION // TINY_IMG["patch_size"]) ** 2

@@ -10,7 +10,6 @@ import ml_dtypes
 import numpy as np
 import pytest
 import scipy.ndimage
-from conftest import TINY_IMG, TINY_LLM_PG1, TINY_LLM_PG2, TINY_RESOLUTION
 
 from solutions.configs import CHECKPOINTS
 from solutions.model import Model, param_shapes
@@ -25,6 +24,7 @@ from solutions.params import (
     save_params,
     unflatten_params,
 )
+from tests.conftest import TINY_IMG, TINY_LLM_PG1, TINY_LLM_PG2, TINY_RESOLUTION
 
 
 def random_params(llm: dict) -> dict:

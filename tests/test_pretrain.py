@@ -12,7 +12,9 @@ from solutions.model import Model, param_shapes
 from solutions.params import load_params
 from solutions.tokenizer import load_tokenizer
 
-QUICK = pretrain.Settings(steps=3, batch_size=4, num_scenes=12, num_eval=4, seed=0)
+QUICK = pretrain.Settings(
+    vision_steps=2, vision_batch_size=4, steps=3, batch_size=4, num_scenes=12, num_eval=4, seed=0
+)
 
 
 def test_quick_run_writes_loadable_assets_and_is_reproducible(tmp_path):
@@ -29,5 +31,48 @@ def test_quick_run_writes_loadable_assets_and_is_reproducible(tmp_path):
     leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
     assert all(x.dtype.name == "bfloat16" for x in leaves)
     assert first["num_params"] == sum(x.size for x in leaves)
-    assert 0.0 <= first["test_object_f1"] <= 1.0
-    assert "Scores on the held-out test split" in (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    for split in ("val", "test"):
+        for key in pretrain_card_scores():
+            assert 0.0 <= first[split][key] <= 1.0, (split, key)
+    assert set(first["stage0_readout_accuracy"]) >= {"kind", "colour", "size", "final_loss"}
+    card_text = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    assert "| score | validation | test |" in card_text
+
+
+def pretrain_card_scores():
+    return pretrain.SCORE_LABELS.keys()
+
+
+def test_patch_targets_label_the_shapes_and_the_background():
+    from capstone.pretrain_vision import PATCH_LABELS, patch_targets
+    from solutions import scenes
+
+    big = scenes.Shape("square", "red", "large", "centre")
+    scene = scenes.Scene(scenes.Background("white"), (big,))
+    targets = patch_targets(scene, grid=8)
+    kind = targets["kind"].reshape(8, 8)
+    # A large square in the centre cell (pixels ~75-149 of 224) covers the middle patches.
+    assert (kind[3:5, 3:5] == PATCH_LABELS["kind"].index("square")).all()
+    assert (kind[0, :] == 0).all() and (kind[:, 0] == 0).all()  # background around it
+    assert set(np.unique(targets["colour"])) == {0, PATCH_LABELS["colour"].index("red")}
+    assert targets["tone"] == list(scenes.TONES).index("white")
+
+
+def test_layout_text_lists_every_cell_with_its_position_and_the_background():
+    from solutions import scenes
+
+    base = scenes.Shape("square", "red", "large", "centre")
+    top = scenes.Shape("star", "blue", "small", "centre")
+    other = scenes.Shape("circle", "green", "small", "bottom right")
+    scene = scenes.Scene(scenes.Background("grey", "dotted"), (base, top, other))
+    text = pretrain.layout_text(scene)
+    assert text == (
+        "a small blue star on top of a large red square in the centre; "
+        "a small green circle in the bottom right; on a dotted grey background"
+    )
+    found = scenes.parse_caption(text)
+    assert {(o.kind, o.position) for o in found} == {
+        ("star", "centre"),
+        ("square", "centre"),
+        ("circle", "bottom right"),
+    }

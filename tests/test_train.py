@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import TINY_IMG, TINY_LLM_PG1, TINY_RESOLUTION, randomize
 
 from solutions.configs import CHECKPOINTS
 from solutions.model import Model, count_params, init_params, param_shapes
@@ -26,6 +25,7 @@ from solutions.train import (
     trainable_mask,
     warmup_steps,
 )
+from tests.conftest import TINY_IMG, TINY_LLM_PG1, TINY_RESOLUTION, randomize
 
 MODEL = Model(img=TINY_IMG, llm=TINY_LLM_PG1)
 

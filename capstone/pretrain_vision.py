@@ -1,0 +1,170 @@
+"""Stage 0 of the shipped model: teach the image tower to see, patch by patch.
+
+The real PaliGemma starts from a SigLIP encoder that was trained on its own
+(contrastively, on billions of images) before the two towers met. The course's
+tiny model has no such encoder to download, and a ViT learning from scratch
+through a captioning loss alone learns slowly: a caption says little about
+each image patch. So the tiny model gets its own stage 0: the image tower, with
+small linear read-outs on top, learns what every patch of a scene shows (the
+kind, colour and size of the shape covering it, or background) and what the
+background is. The read-outs are thrown away; the tower's weights start
+`capstone.pretrain`, exactly where the real PaliGemma's SigLIP weights start
+its multimodal pretraining.
+
+    patch_targets(scene, grid=8)  -> {"kind": int32[64], "colour": ..., "size": ...}
+    train_vision(model, params, images, scenes, ...) -> params with a trained `img` tower
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from solutions import scenes
+from solutions.model import Model
+from solutions.train import cosine_schedule
+
+OBJECT_WEIGHT = 5.0  # loss weight of a patch showing a shape, relative to background
+MIN_COVER = 0.15  # a patch shows a shape when the shape covers at least this share of it
+PATCH_LABELS = {  # class 0 of each is "background"
+    "kind": ("background", *scenes.KINDS),
+    "colour": ("background", *scenes.COLOURS),
+    "size": ("background", *scenes.SIZES),
+}
+IMAGE_LABELS = {"pattern": scenes.PATTERNS, "tone": tuple(scenes.TONES)}
+
+
+def patch_targets(scene: scenes.Scene, grid: int, size: int = 224) -> dict[str, np.ndarray]:
+    """What each of the grid x grid patches shows (reading order) and the background.
+
+    A patch takes the label of the shape covering most of it when that shape
+    covers at least `MIN_COVER` of it, otherwise background (class 0).
+    Returns int32[grid * grid] for "kind", "colour", "size" and int32[] for
+    "pattern" and "tone".
+    """
+    ids = scenes.render_object_ids(scene, size)
+    side = size // grid
+    blocks = ids[: grid * side, : grid * side].reshape(grid, side, grid, side)
+    blocks = blocks.transpose(0, 2, 1, 3).reshape(grid * grid, side * side)
+    cover = np.stack([(blocks == i).mean(axis=1) for i in range(1, len(scene.shapes) + 1)], 1)
+    owner = np.where(cover.max(axis=1) >= MIN_COVER, cover.argmax(axis=1) + 1, 0)
+    table = {
+        name: np.array([0] + [labels.index(getattr(s, name)) for s in scene.shapes], np.int32)
+        for name, labels in PATCH_LABELS.items()
+    }
+    targets = {name: values[owner] for name, values in table.items()}
+    for name, labels in IMAGE_LABELS.items():
+        targets[name] = np.int32(labels.index(getattr(scene.background, name)))
+    return targets
+
+
+def stack_targets(drawn: list[scenes.Scene], grid: int, size: int = 224) -> dict[str, np.ndarray]:
+    """`patch_targets` of many scenes, stacked: int32[N, grid * grid] and int32[N]."""
+    each = [patch_targets(s, grid, size) for s in drawn]
+    return {name: np.stack([t[name] for t in each]) for name in each[0]}
+
+
+def init_readouts(width: int, seed: int = 0) -> dict:
+    """Linear read-outs from the tower's float[B, N, width] tokens, one per label set."""
+    rng = np.random.default_rng(seed)
+    labels = {**PATCH_LABELS, **IMAGE_LABELS}
+    return {
+        name: {
+            "w": jnp.asarray(rng.normal(0, width**-0.5, (width, len(classes))), jnp.float32),
+            "b": jnp.zeros((len(classes),), jnp.float32),
+        }
+        for name, classes in labels.items()
+    }
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array, weights=None) -> jax.Array:
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if weights is None:
+        return losses.mean()
+    return (losses * weights).sum() / weights.sum()
+
+
+def vision_loss(trained: dict, image: jax.Array, targets: dict, *, model: Model):
+    """Mean cross-entropy of every read-out; `trained` holds {"img": ..., "readouts": ...}."""
+    tokens, _ = model.apply({"params": {"img": trained["img"]}}, image, method=Model.embed_image)
+    pooled = tokens.mean(axis=1)
+    # Most patches are background; weighting the others up keeps the shapes from drowning.
+    weights = 1.0 + (OBJECT_WEIGHT - 1.0) * (targets["kind"] > 0)
+    losses = []
+    for name, head in trained["readouts"].items():
+        logits = (tokens if name in PATCH_LABELS else pooled) @ head["w"] + head["b"]
+        patch_weights = weights if name in PATCH_LABELS else None
+        losses.append(_cross_entropy(logits, targets[name], patch_weights))
+    return sum(losses) / len(losses)
+
+
+def readout_accuracy(trained: dict, image, targets: dict, *, model: Model) -> dict[str, float]:
+    """Accuracy per label set; for patch labels, over the patches that show a shape."""
+    tokens, _ = model.apply({"params": {"img": trained["img"]}}, image, method=Model.embed_image)
+    scores = {}
+    for name, head in trained["readouts"].items():
+        source = tokens if name in PATCH_LABELS else tokens.mean(axis=1)
+        right = np.asarray((source @ head["w"] + head["b"]).argmax(-1) == targets[name])
+        if name in PATCH_LABELS:
+            right = right[np.asarray(targets["kind"]) > 0]
+        scores[name] = float(right.mean())
+    return scores
+
+
+def train_vision(
+    model: Model,
+    params: dict,
+    images: np.ndarray,
+    drawn: list[scenes.Scene],
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int = 0,
+) -> tuple[dict, dict]:
+    """Trains `params["img"]` on patch and background labels of float16[N, R, R, 3] `images`.
+
+    Returns (params with the new image tower, read-out accuracy on the first 64
+    scenes and the mean loss of the last 100 steps).
+    """
+    resolution = images.shape[1]
+    grid = resolution // model.img["patch_size"]
+    targets = stack_targets(drawn, grid, resolution)
+    trained = {"img": params["img"], "readouts": init_readouts(params["img"]["head"]["bias"].size)}
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1.0))
+    opt_state = optimizer.init(trained)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(trained, opt_state, image, batch_targets, lr):
+        loss, grads = jax.value_and_grad(vision_loss)(trained, image, batch_targets, model=model)
+        updates, opt_state = optimizer.update(grads, opt_state, trained)
+        updates = jax.tree.map(lambda u: lr * u, updates)  # optax.adam(1.0) already points downhill
+        return optax.apply_updates(trained, updates), opt_state, loss
+
+    rng = np.random.default_rng(seed)
+    losses = []
+    bar = tqdm(range(1, steps + 1), desc="stage 0: image tower", unit="step")
+    for i in bar:
+        rows = rng.integers(0, len(drawn), batch_size)
+        lr = cosine_schedule(i, total_steps=steps, base_lr=learning_rate)
+        batch_targets = {name: values[rows] for name, values in targets.items()}
+        trained, opt_state, loss = step(
+            trained, opt_state, images[rows].astype(np.float32), batch_targets, lr
+        )
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    held_out = slice(0, min(64, len(drawn)))
+    accuracy = readout_accuracy(
+        trained,
+        images[held_out].astype(np.float32),
+        {name: values[held_out] for name, values in targets.items()},
+        model=model,
+    )
+    accuracy["final_loss"] = float(np.mean(losses[-100:]))
+    bar.write(f"stage 0 read-out accuracy on its first training scenes: {accuracy}")
+    return {**params, "img": trained["img"]}, accuracy
