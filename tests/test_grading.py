@@ -4,7 +4,9 @@ reference (`pytest --impl solutions` runs them) and fail on the untouched stubs 
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import shutil
 import subprocess
 
 import jupytext
@@ -120,3 +122,26 @@ def test_a_failing_check_teaches(capsys):
     assert grading.check("ex1_1", {name: wrong for name in names}) is None
     out = capsys.readouterr().out
     assert "❌ Exercise 1.1" in out and "expected" in out, (test.__name__, out)
+
+
+def test_grading_reads_the_notebook_when_it_was_saved_after_the_py(tmp_path, monkeypatch):
+    """A learner who works in Jupyter is graded on the .ipynb; an older one is ignored."""
+    py, ipynb = grading.lesson_paths(6)
+    monkeypatch.setattr(grading, "LESSONS_DIR", tmp_path)
+    notebook = jupytext.read(py)
+    for cell in notebook.cells:  # solve exercise 6.4 in the notebook only
+        if "exercise" in cell.metadata.get("tags", []) and "def batches(" in cell.source:
+            cell.source = "from solutions.data import batches"
+    shutil.copy(py, tmp_path / py.name)
+    jupytext.write(notebook, tmp_path / ipynb.name)
+    os.utime(tmp_path / py.name, (1, 1))  # the .py is older
+
+    assert grading.lesson_source(6) == tmp_path / ipynb.name
+    solved = grading.load_lesson(6)
+    for fn in grading.exercise_tests("ex6_4"):
+        grading.run_test(fn, solved)
+
+    os.utime(tmp_path / ipynb.name, (0, 0))  # now the .py is newer: its stub is graded
+    assert grading.lesson_source(6) == tmp_path / py.name
+    with pytest.raises(NotImplementedError):
+        grading.run_test(grading.exercise_tests("ex6_4")[0], grading.load_lesson(6))
