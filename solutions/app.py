@@ -208,22 +208,18 @@ def latest_run_checkpoint(runs: pathlib.Path) -> pathlib.Path | None:
 def real_checkpoint_files(name: str) -> tuple[pathlib.Path, pathlib.Path] | None:
     """(checkpoint, tokenizer) of a real PaliGemma if both are on disk, else None.
 
-    Looks in $PALIGEMMA_CHECKPOINT_DIR, then in kagglehub's cache, where
-    `capstone.finetune --checkpoint kaggle` puts them; the tokenizer must sit
-    next to the checkpoint. Nothing is downloaded.
+    The checkpoint is where `capstone.finetune --checkpoint kaggle` finds it
+    without downloading (`downloads.checkpoint_on_disk`: $PALIGEMMA_CHECKPOINT_DIR,
+    else a complete copy in kagglehub's cache); the tokenizer must sit next to
+    it. Nothing is downloaded.
     """
     from solutions import downloads
-    from solutions.configs import get_checkpoint
 
-    info = get_checkpoint(name)
-    folders = [downloads.kaggle_cache_path(info).parent]
-    if os.environ.get(downloads.CHECKPOINT_DIR_ENV):
-        folders.insert(0, pathlib.Path(os.environ[downloads.CHECKPOINT_DIR_ENV]).expanduser())
-    for folder in folders:
-        checkpoint, tokenizer = folder / info.filename, folder / downloads.TOKENIZER_FILENAME
-        if checkpoint.is_file() and tokenizer.is_file():
-            return checkpoint, tokenizer
-    return None
+    checkpoint = downloads.checkpoint_on_disk(name)
+    if checkpoint is None:
+        return None
+    tokenizer = checkpoint.parent / downloads.TOKENIZER_FILENAME
+    return (checkpoint, tokenizer) if tokenizer.is_file() else None
 
 
 def model_sources(runs: pathlib.Path | None = None) -> list[ModelSource]:

@@ -32,15 +32,11 @@ def test_quick_run_writes_loadable_assets_and_is_reproducible(tmp_path):
     assert all(x.dtype.name == "bfloat16" for x in leaves)
     assert first["num_params"] == sum(x.size for x in leaves)
     for split in ("val", "test"):
-        for key in pretrain_card_scores():
+        for key in pretrain.SCORE_LABELS:
             assert 0.0 <= first[split][key] <= 1.0, (split, key)
     assert set(first["stage0_readout_accuracy"]) >= {"kind", "colour", "size", "final_loss"}
     card_text = (tmp_path / "a" / "MODEL_CARD.md").read_text()
     assert "| score | validation | test |" in card_text
-
-
-def pretrain_card_scores():
-    return pretrain.SCORE_LABELS.keys()
 
 
 def test_patch_targets_label_the_shapes_and_the_background():

@@ -10,6 +10,7 @@ import pytest
 
 from capstone import finetune, pretrain
 from solutions import scenes
+from solutions.preprocess import preprocess_image
 
 ASSETS = finetune.ASSETS
 MAX_BYTES = 8 * 2**20
@@ -23,7 +24,7 @@ def shipped():
     drawn = []
     for row, index in enumerate(FRESH):
         scene = scenes.sample_scene(scenes.example_seed(0, "val", index), split="val")
-        images[row] = pretrain.preprocess_image(scenes.render_scene(scene), resolution)
+        images[row] = preprocess_image(scenes.render_scene(scene), resolution)
         drawn.append(scene)
     return model, params, tokenizer, images, drawn
 
