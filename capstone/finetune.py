@@ -149,6 +149,28 @@ def score(run: Run, captions: list[str]) -> dict:
     return caption_report(captions, references, scenes=run.test_scenes)
 
 
+SCORE_ROWS = (  # (label, path into a caption_report) in the order a reader wants them
+    ("CIDEr", ("cider",)),
+    ("object F1 (size, colour, kind)", ("object_f1",)),
+    ("  ... and grid cell", ("object_f1_position",)),
+    *((f"F1 of {name} alone", ("attribute_f1", name)) for name in scenes.ATTRIBUTES),
+)
+
+
+def score_rows(before: dict, after: dict) -> list[tuple[str, float, float]]:
+    """(label, before, after) for each score both reports hold; object scores need scenes."""
+    rows = []
+    for label, path in SCORE_ROWS:
+        values = []
+        for report in (before, after):
+            for key in path:
+                report = report.get(key) if isinstance(report, dict) else None
+            values.append(report)
+        if None not in values:
+            rows.append((label, *values))
+    return rows
+
+
 def _float32(params):
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
@@ -219,8 +241,15 @@ def write_loss_curve(losses: list[float], path: pathlib.Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def write_report(run: Run, before: list[str], after: list[str], path: pathlib.Path) -> None:
-    """An HTML page: each test image with its reference and both captions."""
+def write_report(
+    run: Run, before: list[str], after: list[str], metrics: dict, path: pathlib.Path
+) -> None:
+    """An HTML page: the scores before and after, then each test image with its reference
+    and both captions."""
+    scores = "".join(
+        f"<tr><td>{html.escape(label)}</td><td>{old:.3f}</td><td>{new:.3f}</td></tr>"
+        for label, old, new in score_rows(metrics["before"], metrics["after"])
+    )
     rows = []
     for example, old, new in zip(run.test, before, after, strict=True):
         image = data.load_image(example).convert("RGB")
@@ -237,6 +266,9 @@ def write_report(run: Run, before: list[str], after: list[str], path: pathlib.Pa
         "<!doctype html><meta charset='utf-8'><title>Captions before and after</title>"
         "<style>body{font-family:sans-serif}td{vertical-align:top;padding:6px;max-width:22em}"
         "tr:nth-child(even){background:#f4f4f4}</style>"
+        f"<h2>Scores on {len(run.test)} test examples</h2>"
+        f"<table><tr><th>score</th><th>before</th><th>after</th></tr>{scores}</table>"
+        "<h2>Captions</h2>"
         "<table><tr><th>image</th><th>reference</th><th>before</th><th>after</th></tr>"
         + "".join(rows)
         + "</table>",
@@ -322,12 +354,15 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     if losses:
         write_loss_curve(losses, out / "loss.png")
-    write_report(run, before, after, out / "report.html")
+    write_report(run, before, after, metrics, out / "report.html")
 
     for example, old, new in list(zip(run.test, before, after, strict=True))[:3]:
         print(f"\n{example.image_path.name}\n  before: {old}\n  after:  {new}")
-    print(f"\n{ended}. Run folder: {out}")
-    print(json.dumps({k: metrics[k] for k in ("before", "after", "seconds")}))
+    print(f"\n{ended}. Scores on {len(run.test)} test examples:")
+    print(f"  {'':32} {'before':>7} {'after':>7}")
+    for label, old, new in score_rows(metrics["before"], metrics["after"]):
+        print(f"  {label:32} {old:7.3f} {new:7.3f}")
+    print(f"Run folder: {out} ({metrics['seconds']} s)")
     return 0
 
 

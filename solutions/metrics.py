@@ -180,8 +180,10 @@ def caption_report(
 
     Returns {"n_examples", "cider"} and, when the true `scenes` of the examples
     are given ([N] `Scene`s), the mean object F1 of the predictions against them:
-    "object_f1" (size, colour and kind must match) and "object_f1_position"
-    (the grid cell too). See `solutions.scenes.object_f1`.
+    "object_f1" (size, colour and kind must match), "object_f1_position"
+    (the grid cell too), and "attribute_f1": {"size", "colour", "kind",
+    "position"} -> the mean F1 of each attribute alone, which says where
+    object_f1 is lost. See `solutions.scenes.object_f1` and `attribute_f1`.
     """
     score, _ = cider(predictions, references)
     report = {"n_examples": len(predictions), "cider": score}
@@ -197,4 +199,11 @@ def caption_report(
                 for p, s in zip(predictions, scenes, strict=True)
             ]
             report[key] = float(np.mean(f1))
+        per_example = [
+            scenes_lib.attribute_f1(p, s) for p, s in zip(predictions, scenes, strict=True)
+        ]
+        report["attribute_f1"] = {
+            name: float(np.mean([scores[name] for scores in per_example]))
+            for name in scenes_lib.ATTRIBUTES
+        }
     return report

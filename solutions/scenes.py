@@ -51,6 +51,7 @@ __all__ = [
     "ParsedObject",
     "Scene",
     "Shape",
+    "attribute_f1",
     "cell_groups",
     "example_seed",
     "jsonl_name",
@@ -99,6 +100,10 @@ PATTERNS = ("plain", "striped", "checked", "dotted", "noisy")
 COUNT_WORDS = ("one", "two", "three", "four")
 MAX_SHAPES = 4
 SPLITS = ("train", "val", "test")
+# What a caption says of each shape: `object_f1` matches shapes on OBJECT_FIELDS (plus the
+# position when asked), `attribute_f1` on each of ATTRIBUTES alone.
+OBJECT_FIELDS = ("size", "colour", "kind")
+ATTRIBUTES = (*OBJECT_FIELDS, "position")
 
 # Never in train or val; at least one per test scene. A perfect matching: each
 # colour and each kind is held out in at most one pair.
@@ -494,6 +499,26 @@ def scene_objects(scene: Scene) -> list[ParsedObject]:
     return [ParsedObject(s.size, s.colour, s.kind, s.position) for s in scene.shapes]
 
 
+def _matched_f1(predicted: list[ParsedObject], truth: list[ParsedObject], fields: Sequence[str]):
+    """(precision, recall, f1) of two lists of shapes that match on `fields` (ParsedObject
+    names). Each true shape matches at most one predicted shape; both empty scores 1."""
+    if not predicted and not truth:
+        return 1.0, 1.0, 1.0
+
+    def key(obj: ParsedObject) -> tuple:
+        return tuple(getattr(obj, field) for field in fields)
+
+    hits = sum((Counter(map(key, predicted)) & Counter(map(key, truth))).values())
+    precision = hits / len(predicted) if predicted else 0.0
+    recall = hits / len(truth) if truth else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+    return precision, recall, f1
+
+
+def _true_objects(reference: Scene | str) -> list[ParsedObject]:
+    return scene_objects(reference) if isinstance(reference, Scene) else parse_caption(reference)
+
+
 def object_f1(
     predicted_caption: str, reference: Scene | str, *, match_position: bool = False
 ) -> tuple[float, float, float]:
@@ -504,19 +529,20 @@ def object_f1(
     reference shape matches at most one predicted shape. Both empty is a
     perfect score; otherwise an empty side scores 0.
     """
-    truth = scene_objects(reference) if isinstance(reference, Scene) else parse_caption(reference)
-    predicted = parse_caption(predicted_caption)
+    fields = ("size", "colour", "kind", "position") if match_position else OBJECT_FIELDS
+    return _matched_f1(parse_caption(predicted_caption), _true_objects(reference), fields)
 
-    def key(obj: ParsedObject) -> tuple:
-        return tuple(obj) if match_position else tuple(obj[:3])
 
-    if not predicted and not truth:
-        return 1.0, 1.0, 1.0
-    hits = sum((Counter(map(key, predicted)) & Counter(map(key, truth))).values())
-    precision = hits / len(predicted) if predicted else 0.0
-    recall = hits / len(truth) if truth else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
-    return precision, recall, f1
+def attribute_f1(predicted_caption: str, reference: Scene | str) -> dict[str, float]:
+    """F1 of each attribute alone: {"size", "colour", "kind", "position"} -> float.
+
+    Shapes match on that one attribute, so "colour" asks whether the caption
+    names the right colours, as many times as the scene has them, whatever it
+    says of their kinds. It tells which part of `object_f1` a model gets wrong.
+    A caption without positions scores 0 on "position".
+    """
+    predicted, truth = parse_caption(predicted_caption), _true_objects(reference)
+    return {field: _matched_f1(predicted, truth, (field,))[2] for field in ATTRIBUTES}
 
 
 # ----------------------------------------------------------------------------- writing a dataset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -43,8 +44,27 @@ def test_default_run_writes_everything(assets, in_tmp, capsys):
     for when in ("before", "after"):
         assert metrics[when]["n_examples"] == 50
         assert {"cider", "object_f1", "object_f1_position"} <= set(metrics[when])
+        assert set(metrics[when]["attribute_f1"]) == set(scenes.ATTRIBUTES)
     assert report_rows(run) == 50
-    assert "before:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "before:" in out
+    # The score table, printed and in the report, holds the numbers of metrics.json.
+    kind_before = metrics["before"]["attribute_f1"]["kind"]
+    kind_after = metrics["after"]["attribute_f1"]["kind"]
+    assert re.search(rf"F1 of kind alone +{kind_before:.3f} +{kind_after:.3f}\n", out), out
+    cider = f"<td>CIDEr</td><td>{metrics['before']['cider']:.3f}</td>"
+    assert cider in (run / "report.html").read_text()
+
+
+def test_score_rows_keep_what_both_reports_have():
+    before = {"cider": 0.1, "object_f1": 0.2}
+    after = {"cider": 1.5, "object_f1": 0.4, "attribute_f1": {"kind": 0.3}}
+    assert finetune.score_rows(before, after) == [
+        ("CIDEr", 0.1, 1.5),
+        ("object F1 (size, colour, kind)", 0.2, 0.4),
+    ]
+    before["attribute_f1"] = {"kind": 0.25}
+    assert finetune.score_rows(before, after)[-1] == ("F1 of kind alone", 0.25, 0.3)
 
 
 def report_rows(run):

@@ -202,6 +202,7 @@ def test_caption_report_with_scenes():
     short = caption_report([short_caption(s) for s in scene_list], references, scene_list)
     # Short captions name every shape but no position.
     assert short["object_f1"] == 1.0 and short["object_f1_position"] == 0.0
+    assert short["attribute_f1"] == {"size": 1.0, "colour": 1.0, "kind": 1.0, "position": 0.0}
     assert short["cider"] == cider([short_caption(s) for s in scene_list], references)[0]
 
     exact = caption_report([r[0] for r in references], references, scenes=scene_list)
@@ -210,6 +211,7 @@ def test_caption_report_with_scenes():
         "cider": pytest.approx(10.0),
         "object_f1": 1.0,
         "object_f1_position": 1.0,
+        "attribute_f1": {"size": 1.0, "colour": 1.0, "kind": 1.0, "position": 1.0},
     }
     json.dumps(exact)  # plain floats, ready for metrics.json
 

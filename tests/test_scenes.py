@@ -13,10 +13,14 @@ from PIL import Image
 
 from solutions import scenes
 from solutions.scenes import (
+    ATTRIBUTES,
+    KINDS,
+    POSITIONS,
     Background,
     ParsedObject,
     Scene,
     Shape,
+    attribute_f1,
     long_caption,
     object_f1,
     objects_text,
@@ -187,6 +191,32 @@ def test_parse_inverts_both_caption_styles(train_scenes):
         assert object_f1(long_caption(scene), scene, match_position=True) == (1.0, 1.0, 1.0)
         assert object_f1(long_caption(scene), short_caption(scene)) == (1.0, 1.0, 1.0)
         assert object_f1(short_caption(scene), long_caption(scene)) == (1.0, 1.0, 1.0)
+
+
+def test_attribute_f1_tells_which_attribute_is_wrong():
+    scene = _worked_scene()  # 4 shapes
+    truth = scene_objects(scene)
+    assert attribute_f1(long_caption(scene), scene) == dict.fromkeys(ATTRIBUTES, 1.0)
+    assert attribute_f1(short_caption(scene), scene) == {
+        "size": 1.0,
+        "colour": 1.0,
+        "kind": 1.0,
+        "position": 0.0,
+    }
+    # Every kind named wrong, the rest right: circle, square, diamond, star become square,
+    # triangle, hexagon, diamond. Two of those four kinds are in the scene (a square, a
+    # diamond), so kind F1 is 2/4 while no shape matches as a whole.
+    other = {kind: KINDS[(KINDS.index(kind) + 1) % len(KINDS)] for kind in KINDS}
+    wrong_kinds = [obj._replace(kind=other[obj.kind]) for obj in truth]
+    caption = " ".join(
+        f"{POSITIONS[o.position].capitalize()} there is a {o.size} {o.colour} {o.kind}."
+        for o in wrong_kinds
+    )
+    assert [o.kind for o in wrong_kinds] == ["square", "triangle", "hexagon", "diamond"]
+    scores = attribute_f1(caption, scene)
+    assert scores == {"size": 1.0, "colour": 1.0, "kind": 0.5, "position": 1.0}
+    assert object_f1(caption, scene)[2] == 0.0
+    assert attribute_f1("", scene) == dict.fromkeys(ATTRIBUTES, 0.0)
 
 
 def test_parse_tolerates_model_errors():
