@@ -37,6 +37,41 @@ def test_quick_run_writes_loadable_assets_and_is_reproducible(tmp_path):
     assert set(first["stage0_readout_accuracy"]) >= {"kind", "colour", "size", "final_loss"}
     card_text = (tmp_path / "a" / "MODEL_CARD.md").read_text()
     assert "| score | validation | test |" in card_text
+    assert "naming kinds at random" in card_text
+
+
+def test_rescore_gives_back_the_same_scores(tmp_path):
+    first = pretrain.pretrain(tmp_path, QUICK)
+    config = tmp_path / "config.json"
+    card = json.loads(config.read_text())
+    card["scores"]["test"] = {"caption_object_f1": -1.0}  # as if scored by an older recipe
+    config.write_text(json.dumps(card))
+    params_before = (tmp_path / "params.npz").read_bytes()
+
+    again = pretrain.rescore(tmp_path)
+    assert again == json.loads(json.dumps(first))  # JSON turns tuples into lists
+    assert json.loads(config.read_text())["scores"] == again
+    assert (tmp_path / "params.npz").read_bytes() == params_before
+    assert f"| {again['test']['caption_kind_f1']} |" in (tmp_path / "MODEL_CARD.md").read_text()
+
+
+def test_random_kind_f1_is_what_guessing_kinds_scores():
+    from solutions import scenes
+
+    one = [scenes.Scene(scenes.Background("white"), (scenes.Shape("star", "red", "large", "top"),))]
+    # One shape: a random kind is right one time in len(KINDS).
+    assert abs(pretrain.random_kind_f1(one, draws=3000) - 1 / len(scenes.KINDS)) < 0.02
+    four_stars = [
+        scenes.Scene(
+            scenes.Background("white"),
+            tuple(
+                scenes.Shape("star", "red", "large", cell)
+                for cell in ("top", "left", "right", "bottom")
+            ),
+        )
+    ]
+    # Four stars: each guess is a star with probability 1/6, and every star guessed matches.
+    assert abs(pretrain.random_kind_f1(four_stars, draws=3000) - 1 / len(scenes.KINDS)) < 0.02
 
 
 def test_patch_targets_label_the_shapes_and_the_background():
