@@ -570,7 +570,10 @@ print("greedy from the controls is GREEDY:", sampler_from_controls("greedy", 0.3
 # Each image's box shows the image, its caption and the seconds it took, or an error in its
 # place. Under them, the captions download as a table, in two formats people use: CSV for
 # spreadsheets and JSON Lines for programs. Both must survive what captions and file names hold:
-# commas, quotes, line breaks, accents.
+# commas, quotes, line breaks, accents. And the CSV must not arm a trap: a spreadsheet runs a
+# cell that starts with `=`, `+`, `-` or `@` as a formula, so an upload named
+# `=HYPERLINK("http://…")` would turn into a live link for whoever opens the table. The usual
+# defence is an apostrophe in front of such a cell, which spreadsheets show as plain text.
 #
 # ### Exercise 9.4: the downloads
 
@@ -583,10 +586,13 @@ def captions_csv(rows):
       rows: a sequence of CaptionRow(file_name: str, caption: str, seconds: float).
     Returns:
       bytes: a header line "file_name,caption,seconds", then one record per row with the
-      seconds rounded to 3 decimals; fields holding commas, quotes or newlines are quoted.
+      seconds rounded to 3 decimals; fields holding commas, quotes or newlines are quoted,
+      and a file name or caption starting with "=", "+", "-", "@", a tab or a carriage
+      return gets an apostrophe in front.
     """
     # Hint: csv.writer on an io.StringIO does the quoting; writerow(CaptionRow._fields), then
-    # one writerow per row; finish with buffer.getvalue().encode().
+    # one writerow per row; finish with buffer.getvalue().encode(). For the formulas:
+    # text.startswith(("=", "+", "-", "@", "\t", "\r")) takes a tuple.
     raise NotImplementedError("Exercise 9.4")
 
 
@@ -608,14 +614,19 @@ def captions_jsonl(rows):
 check("ex9_4")
 
 # %% [markdown]
-# The table of section 4, plus a row a careless writer would break:
+# The table of section 4, plus two rows a careless writer would get wrong:
 
 # %%
-table = [*rows, CaptionRow('my "best", photo.jpg', "line one\nline two, é", 0.1234)]
+table = [
+    *rows,
+    CaptionRow('my "best", photo.jpg', "line one\nline two, é", 0.1234),
+    CaptionRow('=HYPERLINK("http://example.com")', "a small red circle", 0.02),
+]
 print(captions_csv(table).decode())
 print(captions_jsonl(table).decode())
 read_back = list(csv.DictReader(io.StringIO(captions_csv(table).decode())))
-print("read back by csv:", read_back[-1])
+print("read back by csv:", read_back[-2])
+print("the formula, defused:", read_back[-1]["file_name"])
 
 # %% [markdown]
 # ## 6. Testing the page without a browser

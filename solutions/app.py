@@ -437,12 +437,28 @@ class CaptionRow(NamedTuple):
     seconds: float
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula: an uploaded file
+# named '=HYPERLINK("http://…")' would become a live link in whoever opens the CSV.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(text: str) -> str:
+    """`text`, with an apostrophe in front when a spreadsheet would read it as a formula;
+    the apostrophe makes spreadsheets show the cell as text."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def captions_csv(rows: Sequence[CaptionRow]) -> bytes:
-    """UTF-8 CSV with a header "file_name,caption,seconds"; seconds to the millisecond."""
+    """UTF-8 CSV with a header "file_name,caption,seconds"; seconds to the millisecond.
+    File names and captions that would start a formula get a leading apostrophe."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # csv's own "\r\n" line ends (RFC 4180): a field holding a lone "\r" is then quoted too.
+    writer = csv.writer(buffer)
     writer.writerow(CaptionRow._fields)
-    writer.writerows((row.file_name, row.caption, round(row.seconds, 3)) for row in rows)
+    writer.writerows(
+        (spreadsheet_text(row.file_name), spreadsheet_text(row.caption), round(row.seconds, 3))
+        for row in rows
+    )
     return buffer.getvalue().encode()
 
 

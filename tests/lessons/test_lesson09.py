@@ -384,6 +384,28 @@ def test_ex9_4_csv_round_trips_commas_quotes_and_newlines(impl):
     )
 
 
+def test_ex9_4_csv_defuses_spreadsheet_formulas(impl):
+    rows = [
+        CaptionRow('=HYPERLINK("http://example.com")', "+1 shape", 0.1),
+        CaptionRow("@sum.png", "-2", 0.1),
+        CaptionRow("\tcmd.png", "\rline", 0.1),
+        CaptionRow("plain.png", "a caption with = and + inside", 0.1),
+    ]
+    table = list(csv.reader(io.StringIO(impl.captions_csv(rows).decode("utf-8"), newline="")))
+    expect_equal(
+        [row[:2] for row in table[1:]],
+        [
+            ['\'=HYPERLINK("http://example.com")', "'+1 shape"],
+            ["'@sum.png", "'-2"],
+            ["'\tcmd.png", "'\rline"],
+            ["plain.png", "a caption with = and + inside"],
+        ],
+        what="cells a spreadsheet would run as formulas, read back",
+        hint="put an apostrophe in front of a file name or caption that starts with "
+        "=, +, -, @, a tab or a carriage return; leave the others as they are",
+    )
+
+
 def test_ex9_4_csv_of_no_rows_is_the_header(impl):
     got = impl.captions_csv([])
     expect_equal(
