@@ -395,15 +395,26 @@ Test examples, "caption en":
 """
 
 
+def add_settings_flags(parser: argparse.ArgumentParser, settings_class) -> None:
+    """One flag per field of a settings dataclass: `num_scenes` -> `--num-scenes`, typed
+    and defaulted like the field."""
+    defaults = settings_class()
+    for field in dataclasses.fields(settings_class):
+        value = getattr(defaults, field.name)
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(value), default=value)
+
+
+def settings_from_args(args: argparse.Namespace, settings_class):
+    """The settings dataclass filled from flags that `add_settings_flags` declared."""
+    return settings_class(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(settings_class)}
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=pathlib.Path, default=ASSETS)
-    defaults = Settings()
-    for field in dataclasses.fields(Settings):
-        flag = "--" + field.name.replace("_", "-")
-        parser.add_argument(
-            flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name)
-        )
+    add_settings_flags(parser, Settings)
     parser.add_argument(
         "--rescore",
         action="store_true",
@@ -413,8 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rescore:
         print(json.dumps(rescore(args.out), indent=1))
         return 0
-    settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
-    scores = pretrain(args.out, settings)
+    scores = pretrain(args.out, settings_from_args(args, Settings))
     print(json.dumps(scores, indent=1))
     return 0
 

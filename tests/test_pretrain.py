@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax
 import numpy as np
+import pytest
 
 from capstone import pretrain
 from solutions.model import Model, param_shapes
@@ -17,14 +19,21 @@ QUICK = pretrain.Settings(
 )
 
 
-def test_quick_run_writes_loadable_assets_and_is_reproducible(tmp_path):
-    first = pretrain.pretrain(tmp_path / "a", QUICK)
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """(folder, scores) of one quick pretraining run; tests that change files copy it."""
+    folder = tmp_path_factory.mktemp("quick")
+    return folder, pretrain.pretrain(folder, QUICK)
+
+
+def test_quick_run_writes_loadable_assets_and_is_reproducible(quick_run, tmp_path):
+    folder, first = quick_run
     pretrain.pretrain(tmp_path / "b", QUICK)
-    a, b = (tmp_path / name / "params.npz" for name in ("a", "b"))
+    a, b = folder / "params.npz", tmp_path / "b" / "params.npz"
     assert a.read_bytes() == b.read_bytes()  # same seed, same file
 
-    card = json.loads((tmp_path / "a" / "config.json").read_text())
-    tokenizer = load_tokenizer(tmp_path / "a" / "tokenizer.model")
+    card = json.loads((folder / "config.json").read_text())
+    tokenizer = load_tokenizer(folder / "tokenizer.model")
     assert card["config"]["llm"]["vocab_size"] == tokenizer.get_piece_size()
     model = Model(**card["config"])
     params = load_params(a, like=param_shapes(model, card["resolution"]))
@@ -35,13 +44,14 @@ def test_quick_run_writes_loadable_assets_and_is_reproducible(tmp_path):
         for key in pretrain.SCORE_LABELS:
             assert 0.0 <= first[split][key] <= 1.0, (split, key)
     assert set(first["stage0_readout_accuracy"]) >= {"kind", "colour", "size", "final_loss"}
-    card_text = (tmp_path / "a" / "MODEL_CARD.md").read_text()
+    card_text = (folder / "MODEL_CARD.md").read_text()
     assert "| score | validation | test |" in card_text
     assert "naming kinds at random" in card_text
 
 
-def test_rescore_gives_back_the_same_scores(tmp_path):
-    first = pretrain.pretrain(tmp_path, QUICK)
+def test_rescore_gives_back_the_same_scores(quick_run, tmp_path):
+    folder, first = quick_run
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
     config = tmp_path / "config.json"
     card = json.loads(config.read_text())
     card["scores"]["test"] = {"caption_object_f1": -1.0}  # as if scored by an older recipe
