@@ -123,15 +123,20 @@ def tokenizer_text(num_scenes: int = 3000, seed: int = 0) -> list[str]:
     return text
 
 
+def render_images(drawn: list[scenes.Scene], desc: str) -> np.ndarray:
+    """float16[N, R, R, 3]: the scenes drawn and preprocessed, in [-1, 1]."""
+    images = np.zeros((len(drawn), RESOLUTION, RESOLUTION, 3), np.float16)
+    for i, scene in enumerate(tqdm(drawn, desc=desc, unit="img", leave=False)):
+        images[i] = preprocess_image(scenes.render_scene(scene), RESOLUTION)
+    return images
+
+
 def render_scenes(num: int, split: str, seed: int, desc: str) -> tuple[np.ndarray, list]:
     """float16[num, R, R, 3] images in [-1, 1] and their scenes."""
-    images = np.zeros((num, RESOLUTION, RESOLUTION, 3), np.float16)
-    drawn = []
-    for i in tqdm(range(num), desc=desc, unit="img", leave=False):
-        scene = scenes.sample_scene(scenes.example_seed(seed, split, i), split=split)
-        images[i] = preprocess_image(scenes.render_scene(scene), RESOLUTION)
-        drawn.append(scene)
-    return images, drawn
+    drawn = [
+        scenes.sample_scene(scenes.example_seed(seed, split, i), split=split) for i in range(num)
+    ]
+    return render_images(drawn, desc), drawn
 
 
 def training_batches(images, drawn, tokenizer, settings: Settings):
@@ -216,6 +221,10 @@ def _rounded(scores: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}
 
 
+def _float32(params) -> dict:
+    return jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+
+
 def _shippable(params) -> dict:
     return jax.tree.map(lambda p: np.asarray(p).astype(ml_dtypes.bfloat16), params)
 
@@ -244,7 +253,7 @@ def rescore(out: pathlib.Path) -> dict:
     tokenizer = load_tokenizer(out / "tokenizer.model")
     model = Model(**card["config"])
     params = load_params(out / "params.npz", like=param_shapes(model, card["resolution"]))
-    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+    params = _float32(params)
     settings = Settings(**card["settings"])
     card["scores"].update(score_held_out(params, model, tokenizer, render_held_out(settings)))
     write_atomic(out / "config.json", json.dumps(card, indent=1) + "\n")
@@ -300,7 +309,7 @@ def pretrain(out: pathlib.Path, settings: Settings) -> dict:
 
     params = _shippable(state.params)
     save_params(params, out / "params.npz")
-    shipped = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+    shipped = _float32(params)
     scores = {
         "num_params": count_params(params),
         "final_loss": round(float(np.mean(losses[-100:])), 4),

@@ -32,7 +32,6 @@ from tqdm import tqdm
 from capstone import pretrain
 from solutions import scenes
 from solutions.model import Model, init_params
-from solutions.preprocess import preprocess_image
 from solutions.train import cosine_schedule
 
 
@@ -68,12 +67,8 @@ def one_shape_scene(rng: np.random.Generator) -> tuple[scenes.Scene, int]:
 def one_shape_images(num: int, seed: int, desc: str) -> tuple[np.ndarray, np.ndarray]:
     """float16[num, R, R, 3] images in [-1, 1] and int32[num] kind indices."""
     rng = np.random.default_rng(seed)
-    images = np.zeros((num, pretrain.RESOLUTION, pretrain.RESOLUTION, 3), np.float16)
-    kinds = np.zeros(num, np.int32)
-    for i in tqdm(range(num), desc=desc, unit="img", leave=False):
-        scene, kinds[i] = one_shape_scene(rng)
-        images[i] = preprocess_image(scenes.render_scene(scene), pretrain.RESOLUTION)
-    return images, kinds
+    drawn, kinds = zip(*(one_shape_scene(rng) for _ in range(num)), strict=True)
+    return pretrain.render_images(list(drawn), desc), np.array(kinds, np.int32)
 
 
 def _logits(trained: dict, image: jax.Array, *, model: Model) -> jax.Array:
