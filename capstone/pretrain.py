@@ -27,6 +27,7 @@ run keeps its last evaluated state.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import math
@@ -79,13 +80,15 @@ def tiny_config(vocab_size: int) -> dict:
 class Settings:
     """Pretraining knobs; the defaults build the shipped model."""
 
-    vision_steps: int = 3000  # stage 0: the image tower alone (capstone.pretrain_vision)
+    # Stage 0: the image tower alone (capstone.pretrain_vision). Kinds come late: it reads
+    # a validation patch's kind right 36% of the time after 3,000 steps, 85% after 12,000.
+    vision_steps: int = 12000
     vision_batch_size: int = 32
     vision_learning_rate: float = 2e-3
     steps: int = 3000  # stage 1: the whole model on the task mixture
     batch_size: int = 16
     learning_rate: float = 1.5e-3
-    num_scenes: int = 16000
+    num_scenes: int = 24000  # 12,000 stage 0 steps of 32 see each scene 16 times
     num_eval: int = 64
     eval_every: int = 1000
     seed: int = 0
@@ -192,6 +195,27 @@ def random_kind_f1(drawn: list[scenes.Scene], draws: int = 20, seed: int = 0) ->
     return float(np.mean(scores))
 
 
+def pair_recall(captions: list[str], drawn: list[scenes.Scene]) -> dict[str, float | None]:
+    """Share of shapes whose colour and kind a caption names together, for shapes whose
+    pair training showed ("seen") and for the pairs it held out ("held_out"; see
+    `scenes.HELD_OUT_PAIRS`); None where the scenes have no such shape.
+
+    A caption naming "a red star" twice finds two red stars at most: pairs are
+    matched as multisets, so one right name cannot stand for two shapes.
+    """
+    found = {"seen": [0, 0], "held_out": [0, 0]}
+    for caption, scene in zip(captions, drawn, strict=True):
+        named = collections.Counter((o.colour, o.kind) for o in scenes.parse_caption(caption))
+        for shape in scene.shapes:
+            pair = (shape.colour, shape.kind)
+            tally = found["held_out" if pair in scenes.HELD_OUT_PAIRS else "seen"]
+            tally[1] += 1
+            if named[pair] > 0:
+                named[pair] -= 1
+                tally[0] += 1
+    return {name: right / total if total else None for name, (right, total) in found.items()}
+
+
 def evaluate(params, model, tokenizer, images, drawn) -> dict:
     """Scores on some scenes: object F1 of short captions (size, colour, kind) and of each
     of those alone, of layout lists with positions too, and counting accuracy. Returns
@@ -208,6 +232,10 @@ def evaluate(params, model, tokenizer, images, drawn) -> dict:
             for name in scenes.OBJECT_FIELDS
         },
         "caption_kind_f1_random": random_kind_f1(drawn),
+        **{
+            f"caption_pair_recall_{name}": value
+            for name, value in pair_recall(captions, drawn).items()
+        },
         "caption_exact": float(np.mean([c == scenes.short_caption(s) for s, c, _, _ in pairs])),
         "layout_object_f1_with_position": float(
             np.mean([scenes.object_f1(lay, s, match_position=True)[2] for s, _, lay, _ in pairs])
@@ -283,6 +311,8 @@ def pretrain(out: pathlib.Path, settings: Settings) -> dict:
             batch_size=settings.vision_batch_size,
             learning_rate=settings.vision_learning_rate,
             seed=settings.seed,
+            held_out=held_out["val"],
+            eval_every=settings.eval_every,
         )
 
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1.0))
@@ -337,6 +367,8 @@ SCORE_LABELS = {
     "caption_colour_f1": '"caption en" F1 of colours alone',
     "caption_kind_f1": '"caption en" F1 of kinds alone',
     "caption_kind_f1_random": "... of kinds named at random, for comparison",
+    "caption_pair_recall_seen": '"caption en" recall of colour-kind pairs seen in training',
+    "caption_pair_recall_held_out": "... of colour-kind pairs never seen in training",
     "caption_exact": '"caption en" exact match',
     "layout_object_f1_with_position": '"describe en" object F1 with position',
     "count_accuracy": '"count en" accuracy',
@@ -346,12 +378,28 @@ SCORE_LABELS = {
 def _limits(test: dict) -> str:
     """What the scores say the model cannot do yet, in a sentence or two."""
     kind, chance = test["caption_kind_f1"], test["caption_kind_f1_random"]
-    seen = "no better than" if kind <= chance + 0.05 else "above"
-    return (
-        f"On test scenes it names sizes (F1 {test['caption_size_f1']}) and colours "
-        f"(F1 {test['caption_colour_f1']}), but its F1 of kinds ({kind}) is {seen} naming "
-        f"kinds at random ({chance}); object F1 needs all three right."
+    seen = (
+        ", but its F1 of kinds ({}) is no better than"
+        if kind <= chance + 0.05
+        else ("; its F1 of kinds ({}) is above")
     )
+    text = (
+        f"On test scenes it names sizes (F1 {test['caption_size_f1']}) and colours "
+        f"(F1 {test['caption_colour_f1']}){seen.format(kind)} naming kinds at random "
+        f"({chance}); object F1 needs all three right."
+    )
+    held_out = test.get("caption_pair_recall_held_out")
+    if held_out is not None:
+        text += (
+            f" It names colour and kind together for {test['caption_pair_recall_seen']:.0%} of "
+            f"the shapes whose colour-kind pair it saw in training, and for {held_out:.0%} of "
+            "those whose pair it never saw."
+        )
+    return text
+
+
+def _cell(value) -> str:
+    return "n/a" if value is None else str(value)
 
 
 def _model_card(card: dict) -> str:
@@ -359,7 +407,8 @@ def _model_card(card: dict) -> str:
     val, test = scores["val"], scores["test"]
     examples = "\n".join(f"| {want} | {got} |" for want, got in test["examples"])
     rows = "\n".join(
-        f"| {label} | {val[key]} | {test[key]} |" for key, label in SCORE_LABELS.items()
+        f"| {label} | {_cell(val.get(key))} | {_cell(test.get(key))} |"
+        for key, label in SCORE_LABELS.items()
     )
     tasks = ", ".join(f'"{name}" ({weight:.0%})' for name, weight in card["tasks"].items())
     return f"""# The course's tiny PaliGemma

@@ -441,8 +441,9 @@ plt.show()
 # `make_attn_mask`, the Gemma layers, and the logits of the text positions. Here
 # it reads our scene and the prompt `caption en`, as the tokenizer splits it. The
 # last position's logits are the model's guess for the first word of the caption.
-# The shipped tiny model has barely been trained yet (lesson 7 fine-tunes it), so
-# expect a rough guess.
+# The shipped tiny model was pretrained on short captions such as "a large red
+# circle" (lesson 7 fine-tunes it to write long ones), so its best guess is the
+# first word of one of those.
 
 # %%
 tokens, mask_ar, _, _ = preprocess_tokens("caption en", tokenizer=tokenizer)

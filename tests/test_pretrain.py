@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -40,9 +41,13 @@ def test_quick_run_writes_loadable_assets_and_is_reproducible(quick_run, tmp_pat
     leaves = [np.asarray(x) for x in jax.tree.leaves(params)]
     assert all(x.dtype.name == "bfloat16" for x in leaves)
     assert first["num_params"] == sum(x.size for x in leaves)
+    # Validation scenes hold no held-out pair, so that score has nothing to count there.
+    assert first["val"]["caption_pair_recall_held_out"] is None
+    assert "| n/a |" in (folder / "MODEL_CARD.md").read_text()
     for split in ("val", "test"):
         for key in pretrain.SCORE_LABELS:
-            assert 0.0 <= first[split][key] <= 1.0, (split, key)
+            if (split, key) != ("val", "caption_pair_recall_held_out"):
+                assert 0.0 <= first[split][key] <= 1.0, (split, key)
     assert set(first["stage0_readout_accuracy"]) >= {"kind", "colour", "size", "final_loss"}
     card_text = (folder / "MODEL_CARD.md").read_text()
     assert "| score | validation | test |" in card_text
@@ -117,3 +122,60 @@ def test_layout_text_lists_every_cell_with_its_position_and_the_background():
         ("square", "centre"),
         ("circle", "bottom right"),
     }
+
+
+def test_stage0_scores_held_out_scenes_as_it_goes(capsys):
+    from capstone import pretrain_vision
+    from solutions.model import init_params
+
+    model = Model(**pretrain.tiny_config(vocab_size=64))
+    params = init_params(model, pretrain.RESOLUTION, seed=0)
+    images, drawn = pretrain.render_scenes(4, "train", 0, "train")
+    held_out = pretrain.render_scenes(3, "val", 0, "val")
+    trained, accuracy = pretrain_vision.train_vision(
+        model,
+        params,
+        images,
+        drawn,
+        steps=3,
+        batch_size=2,
+        learning_rate=1e-3,
+        held_out=held_out,
+        eval_every=1,
+    )
+    printed = capsys.readouterr().out
+    assert "stage 0 step 1: read-out accuracy" in printed
+    assert "stage 0 step 2: read-out accuracy" in printed
+    assert "stage 0 step 3:" not in printed  # the last step is scored once, at the end
+    assert set(accuracy) == {
+        *pretrain_vision.PATCH_LABELS,
+        *pretrain_vision.IMAGE_LABELS,
+        "final_loss",
+    }
+    # Only the image tower moves; the decoder is stage 1's.
+    before, after = jax.tree.leaves(params["llm"]), jax.tree.leaves(trained["llm"])
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert not np.array_equal(
+        params["img"]["embedding"]["kernel"], trained["img"]["embedding"]["kernel"]
+    )
+
+
+def test_pair_recall_tells_held_out_pairs_from_seen_ones():
+    from solutions import scenes
+
+    colour, kind = sorted(scenes.HELD_OUT_PAIRS)[0]  # ("blue", "triangle")
+    held = scenes.Shape(kind, colour, "large", "centre")
+    seen = scenes.Shape("circle", "red", "small", "top left")
+    assert ("red", "circle") not in scenes.HELD_OUT_PAIRS
+    scene = scenes.Scene(scenes.Background("white"), (seen, held))  # reading order
+
+    right = f"a small red circle and a large {colour} {kind}"
+    assert pretrain.pair_recall([right], [scene]) == {"seen": 1.0, "held_out": 1.0}
+    # The usual failure: the held-out pair's colour with a kind seen with that colour.
+    wrong = f"a small red circle and a large {colour} star"
+    assert pretrain.pair_recall([wrong], [scene]) == {"seen": 1.0, "held_out": 0.0}
+    # One name finds one shape: two red circles named once recall half of them.
+    twins = scenes.Scene(
+        scenes.Background("white"), (seen, dataclasses.replace(seen, position="bottom right"))
+    )
+    assert pretrain.pair_recall(["a small red circle"], [twins]) == {"seen": 0.5, "held_out": None}

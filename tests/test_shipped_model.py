@@ -61,9 +61,11 @@ def test_short_captions_on_unseen_validation_scenes(shipped):
     size = _attribute_accuracy(captions, drawn, "size")
     kind = _attribute_accuracy(captions, drawn, "kind")
     print(f"object F1 {f1:.3f}; colour {colour:.3f}, size {size:.3f}, kind {kind:.3f}")
-    # Colours and sizes are learnt; the shape kind is the tiny tower's weak point.
-    assert colour >= 0.75 and size >= 0.8
-    assert f1 >= 0.2
+    # Measured 0.85, 0.94 and 0.53 (a kind named at random is right 1 time in 6) and object
+    # F1 0.55; the bounds leave room for another platform's float rounding, not for a worse model.
+    assert colour >= 0.75 and size >= 0.85
+    assert kind >= 0.45
+    assert f1 >= 0.45
 
 
 def test_counting_on_unseen_validation_scenes(shipped):
