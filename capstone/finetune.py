@@ -32,11 +32,11 @@ import pathlib
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from capstone import pretrain
 from solutions import data, scenes
 from solutions.evaluate import make_predictions
 from solutions.files import write_atomic
@@ -169,10 +169,6 @@ def score_rows(before: dict, after: dict) -> list[tuple[str, float, float]]:
         if None not in values:
             rows.append((label, *values))
     return rows
-
-
-def _float32(params):
-    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
 
 def _save(out: pathlib.Path, params, step: int) -> None:
@@ -339,9 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Resuming {out} from step {first_step}")
 
     decode_args = (args.seqlen, args.max_decode_len, 10)
-    before = caption_all(run, _float32(run.params), *decode_args)
+    before = caption_all(run, pretrain.float32_params(run.params), *decode_args)
     params, losses, ended = train(run, args, first_step)
-    after = caption_all(run, _float32(params), *decode_args)
+    after = caption_all(run, pretrain.float32_params(params), *decode_args)
 
     metrics = {
         "before": score(run, before),

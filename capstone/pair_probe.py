@@ -138,7 +138,7 @@ def probe(assets: pathlib.Path, num_train: int, num_test: int, steps: int, seed:
     """{"restricted pairs": {"seen", "held_out"}, "every pair": {...}}: the two read-outs'
     kind accuracy on test-scene patches (see the module docstring)."""
     model, _, params, _ = finetune.load_tiny(assets)
-    params = pretrain._float32(params)
+    params = pretrain.float32_params(params)
     test = patch_features(
         model,
         params,

@@ -249,7 +249,9 @@ def _rounded(scores: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}
 
 
-def _float32(params) -> dict:
+def float32_params(params) -> dict:
+    """The tree with every leaf as a float32 jax array: the shipped bfloat16 weights,
+    ready to decode or train on a CPU."""
     return jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
 
 
@@ -281,7 +283,7 @@ def rescore(out: pathlib.Path) -> dict:
     tokenizer = load_tokenizer(out / "tokenizer.model")
     model = Model(**card["config"])
     params = load_params(out / "params.npz", like=param_shapes(model, card["resolution"]))
-    params = _float32(params)
+    params = float32_params(params)
     settings = Settings(**card["settings"])
     card["scores"].update(score_held_out(params, model, tokenizer, render_held_out(settings)))
     write_atomic(out / "config.json", json.dumps(card, indent=1) + "\n")
@@ -339,7 +341,7 @@ def pretrain(out: pathlib.Path, settings: Settings) -> dict:
 
     params = _shippable(state.params)
     save_params(params, out / "params.npz")
-    shipped = _float32(params)
+    shipped = float32_params(params)
     scores = {
         "num_params": count_params(params),
         "final_loss": round(float(np.mean(losses[-100:])), 4),
@@ -378,15 +380,14 @@ SCORE_LABELS = {
 def _limits(test: dict) -> str:
     """What the scores say the model cannot do yet, in a sentence or two."""
     kind, chance = test["caption_kind_f1"], test["caption_kind_f1_random"]
-    seen = (
-        ", but its F1 of kinds ({}) is no better than"
-        if kind <= chance + 0.05
-        else ("; its F1 of kinds ({}) is above")
-    )
+    if kind <= chance + 0.05:
+        kinds = f", but its F1 of kinds ({kind}) is no better than"
+    else:
+        kinds = f"; its F1 of kinds ({kind}) is above"
     text = (
         f"On test scenes it names sizes (F1 {test['caption_size_f1']}) and colours "
-        f"(F1 {test['caption_colour_f1']}){seen.format(kind)} naming kinds at random "
-        f"({chance}); object F1 needs all three right."
+        f"(F1 {test['caption_colour_f1']}){kinds} naming kinds at random ({chance}); "
+        "object F1 needs all three right."
     )
     held_out = test.get("caption_pair_recall_held_out")
     if held_out is not None:

@@ -152,9 +152,11 @@ def train_vision(
 
     if held_out is None:
         scored = slice(0, min(64, len(drawn)))
-        held_out = (images[scored], drawn[scored])
-    check_images = np.asarray(held_out[0], np.float32)
-    check_targets = stack_targets(held_out[1], grid, resolution)
+        check_images = images[scored].astype(np.float32)
+        check_targets = {name: values[scored] for name, values in targets.items()}
+    else:
+        check_images = np.asarray(held_out[0], np.float32)
+        check_targets = stack_targets(held_out[1], grid, resolution)
 
     rng = np.random.default_rng(seed)
     losses = []
