@@ -3,8 +3,9 @@
     python -m capstone.vision_probe                      # 28-pixel patches, as shipped
     python -m capstone.vision_probe --patch-size 14 --steps 1000
 
-The shipped model names sizes and colours well but shape kinds no better than
-chance (see its model card). This probe isolates the image tower: it sees one
+A tiny image tower learns colours and sizes quickly and shape kinds only after
+thousands of steps (see "What the tiny model sees" in the capstone docs). This
+probe isolates the image tower: it sees one
 shape on a plain white background, and the tower, with its tokens averaged
 and a linear head on top, learns to name the shape's kind (six kinds, chance
 1/6). No text, no decoder, no clutter: if the tower cannot learn this, it

@@ -529,7 +529,7 @@ def object_f1(
     reference shape matches at most one predicted shape. Both empty is a
     perfect score; otherwise an empty side scores 0.
     """
-    fields = ("size", "colour", "kind", "position") if match_position else OBJECT_FIELDS
+    fields = ATTRIBUTES if match_position else OBJECT_FIELDS
     return _matched_f1(parse_caption(predicted_caption), _true_objects(reference), fields)
 
 
