@@ -41,41 +41,55 @@ def test_default_run_writes_everything(assets, in_tmp, capsys):
     assert json.loads((run / "state.json").read_text()) == {"step": 4}
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["ended"] == "finished"
+    sizes = {"validation": 10, "test": 50}
     for when in ("before", "after"):
-        assert metrics[when]["n_examples"] == 50
-        assert {"cider", "object_f1", "object_f1_position"} <= set(metrics[when])
-        assert set(metrics[when]["attribute_f1"]) == set(scenes.ATTRIBUTES)
-    assert report_rows(run) == 50
+        assert set(metrics[when]) == set(sizes)
+        for name, n in sizes.items():
+            report = metrics[when][name]
+            assert report["n_examples"] == n
+            assert {"cider", "object_f1", "object_f1_position"} <= set(report)
+            assert set(report["attribute_f1"]) == set(scenes.ATTRIBUTES)
+    assert report_rows(run) == 60
     out = capsys.readouterr().out
-    assert "before:" in out
-    # The score table, printed and in the report, holds the numbers of metrics.json.
-    kind_before = metrics["before"]["attribute_f1"]["kind"]
-    kind_after = metrics["after"]["attribute_f1"]["kind"]
-    assert re.search(rf"F1 of kind alone +{kind_before:.3f} +{kind_after:.3f}\n", out), out
-    cider = f"<td>CIDEr</td><td>{metrics['before']['cider']:.3f}</td>"
-    assert cider in (run / "report.html").read_text()
+    assert "before:" in out and "val_00000.jpg" in out  # captions of validation images
+    # The score tables, printed and in the report, hold the numbers of metrics.json.
+    page = (run / "report.html").read_text()
+    for name in sizes:
+        before, after = metrics["before"][name], metrics["after"][name]
+        table = out.split(f"Scores on {sizes[name]} {name} examples")[1].split("Scores on")[0]
+        kinds = before["attribute_f1"]["kind"], after["attribute_f1"]["kind"]
+        assert re.search(rf"F1 of kind alone +{kinds[0]:.3f} +{kinds[1]:.3f}\n", table), table
+        assert f"<td>CIDEr</td><td>{before['cider']:.3f}</td><td>{after['cider']:.3f}</td>" in page
 
 
-def test_score_rows_keep_what_both_reports_have():
-    before = {"cider": 0.1, "object_f1": 0.2}
-    after = {"cider": 1.5, "object_f1": 0.4, "attribute_f1": {"kind": 0.3}}
-    assert finetune.score_rows(before, after) == [
-        ("CIDEr", 0.1, 1.5),
-        ("object F1 (size, colour, kind)", 0.2, 0.4),
-    ]
-    before["attribute_f1"] = {"kind": 0.25}
-    assert finetune.score_rows(before, after)[-1] == ("F1 of kind alone", 0.25, 0.3)
+def test_a_bigger_validation_set_on_request(assets, in_tmp):
+    _run(assets, in_tmp / "run", "--num-val", "12", "--steps", "2")
+    metrics = json.loads((in_tmp / "run" / "metrics.json").read_text())
+    assert metrics["after"]["validation"]["n_examples"] == 12
+    assert (in_tmp / "runs" / "scenes-longcap" / "data_val12.jsonl").exists()
+
+
+def test_no_validation_scenes_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        finetune.parse_args(["--num-val", "0"])
+    assert "--num-val must be at least 1, not 0" in capsys.readouterr().err
 
 
 def report_rows(run):
     return (run / "report.html").read_text().count("<tr><td><img")
 
 
-def test_test_scenes_are_the_written_ones(in_tmp):
-    train, test, test_scenes = finetune.prepare_data(None, None, "raise")
-    assert len(train) == 90 and len(test) == 50
-    for example, scene in zip(test, test_scenes, strict=True):
-        assert example.extra["objects"] == scenes.objects_text(scene)
+def test_scored_scenes_are_the_written_ones(in_tmp):
+    train, evals = finetune.prepare_data(None, "raise")
+    assert len(train) == 90 and [(e.name, len(e.examples)) for e in evals] == [
+        ("validation", 10),
+        ("test", 50),
+    ]
+    for evals_set in evals:
+        for example, scene in zip(evals_set.examples, evals_set.scenes, strict=True):
+            assert example.extra["objects"] == scenes.objects_text(scene)
+    test_pairs = {(s.colour, s.kind) for s in evals[1].scenes[0].shapes}
+    assert test_pairs & scenes.HELD_OUT_PAIRS
 
 
 def test_resume_continues_from_the_saved_step(assets, in_tmp, monkeypatch):
