@@ -110,10 +110,6 @@ def load_real(name: str, checkpoint: str):
     return model, info.resolution, params, tokenizer
 
 
-def _split_scenes(split: str, n: int) -> list[scenes.Scene]:
-    return [scenes.sample_scene(scenes.example_seed(0, split, i), split=split) for i in range(n)]
-
-
 def prepare_data(data_arg: str | None, on_error: str, num_val: int = 10):
     """(train examples, [EvalSet]) for the run.
 
@@ -132,13 +128,13 @@ def prepare_data(data_arg: str | None, on_error: str, num_val: int = 10):
                 "validation",
                 "colour-kind pairs seen in training",
                 data.read_jsonl(paths["val"]),
-                _split_scenes("val", num_val),
+                scenes.split_scenes("val", num_val),
             ),
             EvalSet(
                 "test",
                 "each holds a colour-kind pair never seen in training",
                 data.read_jsonl(paths["test"]),
-                _split_scenes("test", 50),
+                scenes.split_scenes("test", 50),
             ),
         ]
         return data.read_jsonl(paths["train"]), evals
@@ -169,6 +165,12 @@ def caption_all(run: Run, examples: list, params, decode: tuple[int, int, int]) 
         progress=False,
     )
     return [caption for _, caption in pairs]
+
+
+def caption_sets(run: Run, params, decode: tuple[int, int, int]) -> dict[str, list[str]]:
+    """{set name: greedy captions} for every evaluation set; `params` of any float dtype."""
+    params = pretrain.float32_params(params)
+    return {e.name: caption_all(run, e.examples, params, decode) for e in run.evals}
 
 
 def score(eval_set: EvalSet, captions: list[str]) -> dict:
@@ -279,7 +281,7 @@ def _set_title(eval_set: EvalSet) -> str:
 
 def write_report(run: Run, captions: dict, metrics: dict, path: pathlib.Path) -> None:
     """An HTML page: per evaluation set the scores before and after, then each image with
-    its reference and both captions. `captions` maps a set's name to (before, after)."""
+    its reference and both captions. `captions` is {"before"|"after": {set name: [str]}}."""
     parts = []
     for eval_set in run.evals:
         scores = "".join(
@@ -293,7 +295,7 @@ def write_report(run: Run, captions: dict, metrics: dict, path: pathlib.Path) ->
             f"<table><tr><th>score</th><th>before</th><th>after</th></tr>{scores}</table>"
         )
     for eval_set in run.evals:
-        before, after = captions[eval_set.name]
+        before, after = captions["before"][eval_set.name], captions["after"][eval_set.name]
         rows = "".join(
             f"<tr><td><img src='{_thumbnail_src(example)}'></td>"
             f"<td>{html.escape(example.suffix)}</td>"
@@ -384,28 +386,27 @@ def main(argv: list[str] | None = None) -> int:
         first_step = state["step"] + 1
         print(f"Resuming {out} from step {first_step}")
 
-    decode, float32 = (args.seqlen, args.max_decode_len, 10), pretrain.float32_params
-    captions = {e.name: [caption_all(run, e.examples, float32(run.params), decode)] for e in evals}
+    decode = (args.seqlen, args.max_decode_len, 10)
+    captions = {"before": caption_sets(run, run.params, decode)}
     params, losses, ended = train(run, args, first_step)
-    for e in evals:
-        captions[e.name].append(caption_all(run, e.examples, float32(params), decode))
+    captions["after"] = caption_sets(run, params, decode)
 
     metrics = {
-        when: {e.name: score(e, captions[e.name][i]) for e in evals}
-        for i, when in enumerate(("before", "after"))
+        **{
+            when: {e.name: score(e, by_set[e.name]) for e in evals}
+            for when, by_set in captions.items()
+        },
+        "steps": args.steps,
+        "ended": ended,
+        "final_loss": losses[-1] if losses else None,
+        "seconds": round(time.perf_counter() - start, 1),
     }
-    metrics.update(
-        steps=args.steps,
-        ended=ended,
-        final_loss=losses[-1] if losses else None,
-        seconds=round(time.perf_counter() - start, 1),
-    )
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     if losses:
         write_loss_curve(losses, out / "loss.png")
     write_report(run, captions, metrics, out / "report.html")
 
-    before, after = captions[evals[0].name]
+    before, after = captions["before"][evals[0].name], captions["after"][evals[0].name]
     for example, old, new in list(zip(evals[0].examples, before, after, strict=True))[:3]:
         print(f"\n{example.image_path.name}\n  before: {old}\n  after:  {new}")
     print(f"\n{ended}.")

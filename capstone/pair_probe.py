@@ -139,19 +139,9 @@ def probe(assets: pathlib.Path, num_train: int, num_test: int, steps: int, seed:
     kind accuracy on test-scene patches (see the module docstring)."""
     model, _, params, _ = finetune.load_tiny(assets)
     params = pretrain.float32_params(params)
-    test = patch_features(
-        model,
-        params,
-        [
-            scenes.sample_scene(scenes.example_seed(seed, "test", i), split="test")
-            for i in range(num_test)
-        ],
-        "test scenes",
-    )
+    test = patch_features(model, params, scenes.split_scenes("test", num_test, seed), "test scenes")
     training_sets = {
-        "restricted pairs": [
-            scenes.sample_scene(scenes.example_seed(seed, "train", i)) for i in range(num_train)
-        ],
+        "restricted pairs": scenes.split_scenes("train", num_train, seed),
         "every pair": recoloured_scenes(num_train, seed),
     }
     results = {}

@@ -136,9 +136,7 @@ def render_images(drawn: list[scenes.Scene], desc: str) -> np.ndarray:
 
 def render_scenes(num: int, split: str, seed: int, desc: str) -> tuple[np.ndarray, list]:
     """float16[num, R, R, 3] images in [-1, 1] and their scenes."""
-    drawn = [
-        scenes.sample_scene(scenes.example_seed(seed, split, i), split=split) for i in range(num)
-    ]
+    drawn = scenes.split_scenes(split, num, seed)
     return render_images(drawn, desc), drawn
 
 

@@ -66,6 +66,7 @@ __all__ = [
     "shape_centre",
     "short_caption",
     "show_examples",
+    "split_scenes",
     "write_dataset",
 ]
 
@@ -274,6 +275,11 @@ def example_seed(seed: int, split: str, index: int) -> list[int]:
     """The seed of example `index` of `split`: examples are independent, so the first 90 of
     20000 training scenes are the same 90 scenes as a 90-example dataset."""
     return [seed, SPLITS.index(split), index]
+
+
+def split_scenes(split: str, n: int, seed: int = 0) -> list[Scene]:
+    """The scenes of examples 0..n-1 of `split`, as `write_dataset` with this seed draws them."""
+    return [sample_scene(example_seed(seed, split, i), split=split) for i in range(n)]
 
 
 # ----------------------------------------------------------------------------- rendering
