@@ -110,12 +110,13 @@ def load_real(name: str, checkpoint: str):
     return model, info.resolution, params, tokenizer
 
 
-def prepare_data(data_arg: str | None, on_error: str, num_val: int = 10):
+def prepare_data(data_arg: str | None, on_error: str, num_val: int = 50):
     """(train examples, [EvalSet]) for the run.
 
     Without `--data`, writes (once) the scenes dataset with long captions and
     scores two sets against the true scenes: `num_val` validation scenes
-    (colour-kind pairs seen in training; 10 as longcap100) and 50 test scenes
+    (colour-kind pairs seen in training; longcap100 has 10, too few to tell
+    recipes apart) and 50 test scenes
     (each with a pair never seen). A longcap100-style folder is scored on its
     data_val10.jsonl, with CIDEr only.
     """
@@ -179,11 +180,17 @@ def score(eval_set: EvalSet, captions: list[str]) -> dict:
 
 
 SCORE_ROWS = (  # (label, path into a caption_report) in the order a reader wants them
+    ("layout F1 (shape and grid cell)", ("object_f1_position",)),
     ("CIDEr", ("cider",)),
     ("object F1 (size, colour, kind)", ("object_f1",)),
-    ("  ... and grid cell", ("object_f1_position",)),
     *((f"F1 of {name} alone", ("attribute_f1", name)) for name in scenes.ATTRIBUTES),
+    ("captions repeating a word 3x", ("repeating",)),
 )
+
+
+def format_score(value: float | int) -> str:
+    """A score as the tables show it: counts whole, fractions to three places."""
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
 def score_rows(before: dict, after: dict) -> list[tuple[str, float, float]]:
@@ -285,7 +292,8 @@ def write_report(run: Run, captions: dict, metrics: dict, path: pathlib.Path) ->
     parts = []
     for eval_set in run.evals:
         scores = "".join(
-            f"<tr><td>{html.escape(label)}</td><td>{old:.3f}</td><td>{new:.3f}</td></tr>"
+            f"<tr><td>{html.escape(label)}</td><td>{format_score(old)}</td>"
+            f"<td>{format_score(new)}</td></tr>"
             for label, old, new in score_rows(
                 metrics["before"][eval_set.name], metrics["after"][eval_set.name]
             )
@@ -328,7 +336,7 @@ def parse_args(argv):
     p.add_argument(
         "--num-val",
         type=int,
-        default=10,
+        default=50,
         help="validation scenes to write and score (scenes data only; longcap100 has 10)",
     )
     p.add_argument(
@@ -414,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Scores on {_set_title(e)}:")
         print(f"  {'':32} {'before':>7} {'after':>7}")
         for label, old, new in score_rows(metrics["before"][e.name], metrics["after"][e.name]):
-            print(f"  {label:32} {old:7.3f} {new:7.3f}")
+            print(f"  {label:32} {format_score(old):>7} {format_score(new):>7}")
     print(f"Run folder: {out} ({metrics['seconds']} s)")
     return 0
 

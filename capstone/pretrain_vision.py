@@ -11,7 +11,7 @@ background is. The read-outs are thrown away; the tower's weights start
 `capstone.pretrain`, exactly where the real PaliGemma's SigLIP weights start
 its multimodal pretraining.
 
-    patch_targets(scene, grid=8)  -> {"kind": int32[64], "colour": ..., "size": ...}
+    patch_targets(scene, grid=3)  -> {"kind": int32[9], "colour": ..., "kind_2": ...}
     train_vision(model, params, images, scenes, ...) -> params with a trained `img` tower
 """
 
@@ -30,11 +30,19 @@ from solutions.model import Model
 from solutions.train import cosine_schedule
 
 OBJECT_WEIGHT = 5.0  # loss weight of a patch showing a shape, relative to background
-MIN_COVER = 0.15  # a patch shows a shape when the shape covers at least this share of it
-PATCH_LABELS = {  # class 0 of each is "background"
+# ... and of a patch showing a second shape, for those heads: stacks are rare (15% of scenes)
+SECOND_WEIGHT = 20.0
+MIN_COVER = 0.04  # a patch shows a shape when the shape covers at least this share of it
+SHAPE_LABELS = {  # class 0 of each is "background" (or, for the second shape, "none")
     "kind": ("background", *scenes.KINDS),
     "colour": ("background", *scenes.COLOURS),
     "size": ("background", *scenes.SIZES),
+}
+# Each patch is labelled with the shape covering most of it, and with the one covering the
+# second most ("kind_2", ...): a small shape stacked on a large one, in the patch of its cell.
+PATCH_LABELS = {
+    **SHAPE_LABELS,
+    **{f"{name}_2": labels for name, labels in SHAPE_LABELS.items()},
 }
 IMAGE_LABELS = {"pattern": scenes.PATTERNS, "tone": tuple(scenes.TONES)}
 
@@ -42,22 +50,29 @@ IMAGE_LABELS = {"pattern": scenes.PATTERNS, "tone": tuple(scenes.TONES)}
 def patch_targets(scene: scenes.Scene, grid: int, size: int = 224) -> dict[str, np.ndarray]:
     """What each of the grid x grid patches shows (reading order) and the background.
 
-    A patch takes the label of the shape covering most of it when that shape
-    covers at least `MIN_COVER` of it, otherwise background (class 0).
-    Returns int32[grid * grid] for "kind", "colour", "size" and int32[] for
-    "pattern" and "tone".
+    A patch takes the labels of the shape covering most of it ("kind", "colour",
+    "size") and of the one covering the second most ("kind_2", ...), each when
+    it covers at least `MIN_COVER` of the patch, otherwise class 0. Returns
+    int32[grid * grid] for each of `PATCH_LABELS` and int32[] for "pattern" and
+    "tone".
     """
     ids = scenes.render_object_ids(scene, size)
     side = size // grid
     blocks = ids[: grid * side, : grid * side].reshape(grid, side, grid, side)
     blocks = blocks.transpose(0, 2, 1, 3).reshape(grid * grid, side * side)
     cover = np.stack([(blocks == i).mean(axis=1) for i in range(1, len(scene.shapes) + 1)], 1)
-    owner = np.where(cover.max(axis=1) >= MIN_COVER, cover.argmax(axis=1) + 1, 0)
-    table = {
-        name: np.array([0] + [labels.index(getattr(s, name)) for s in scene.shapes], np.int32)
-        for name, labels in PATCH_LABELS.items()
-    }
-    targets = {name: values[owner] for name, values in table.items()}
+    ranked = np.argsort(-cover, axis=1, kind="stable")  # shape indices, most cover first
+    targets = {}
+    for rank, suffix in enumerate(("", "_2")):
+        if rank >= cover.shape[1]:
+            owner = np.zeros(grid * grid, np.int64)
+        else:
+            index = ranked[:, rank]
+            shown = np.take_along_axis(cover, index[:, None], 1)[:, 0] >= MIN_COVER
+            owner = np.where(shown, index + 1, 0)
+        for name, labels in SHAPE_LABELS.items():
+            table = np.array([0] + [labels.index(getattr(s, name)) for s in scene.shapes])
+            targets[name + suffix] = table[owner].astype(np.int32)
     for name, labels in IMAGE_LABELS.items():
         targets[name] = np.int32(labels.index(getattr(scene.background, name)))
     return targets
@@ -94,24 +109,33 @@ def vision_loss(trained: dict, image: jax.Array, targets: dict, *, model: Model)
     tokens, _ = model.apply({"params": {"img": trained["img"]}}, image, method=Model.embed_image)
     pooled = tokens.mean(axis=1)
     # Most patches are background; weighting the others up keeps the shapes from drowning.
-    weights = 1.0 + (OBJECT_WEIGHT - 1.0) * (targets["kind"] > 0)
+    weights = {
+        suffix: 1.0 + (weight - 1.0) * (targets["kind" + suffix] > 0)
+        for suffix, weight in (("", OBJECT_WEIGHT), ("_2", SECOND_WEIGHT))
+    }
     losses = []
     for name, head in trained["readouts"].items():
         logits = (tokens if name in PATCH_LABELS else pooled) @ head["w"] + head["b"]
-        patch_weights = weights if name in PATCH_LABELS else None
+        patch_weights = None
+        if name in PATCH_LABELS:
+            patch_weights = weights["_2" if name.endswith("_2") else ""]
         losses.append(_cross_entropy(logits, targets[name], patch_weights))
     return sum(losses) / len(losses)
 
 
 def readout_accuracy(trained: dict, image, targets: dict, *, model: Model) -> dict[str, float]:
-    """Accuracy per label set; for patch labels, over the patches that show a shape."""
+    """Accuracy per label set; for patch labels, over the patches that show such a shape
+    (a first one for "kind", "colour", "size"; a second one for "kind_2", ...)."""
     tokens, _ = model.apply({"params": {"img": trained["img"]}}, image, method=Model.embed_image)
     scores = {}
     for name, head in trained["readouts"].items():
         source = tokens if name in PATCH_LABELS else tokens.mean(axis=1)
         right = np.asarray((source @ head["w"] + head["b"]).argmax(-1) == targets[name])
         if name in PATCH_LABELS:
-            right = right[np.asarray(targets["kind"]) > 0]
+            shown = np.asarray(targets["kind_2" if name.endswith("_2") else "kind"]) > 0
+            if not shown.any():
+                continue
+            right = right[shown]
         scores[name] = float(right.mean())
     return scores
 

@@ -1,7 +1,7 @@
 """Can the tiny image tower learn to tell shape kinds? A quick, controlled probe.
 
-    python -m capstone.vision_probe                      # 28-pixel patches, as shipped
-    python -m capstone.vision_probe --patch-size 14 --steps 1000
+    python -m capstone.vision_probe                      # as shipped: 96 pixels, 32-pixel patches
+    python -m capstone.vision_probe --resolution 224 --patch-size 28   # the tiny model before
 
 A tiny image tower learns colours and sizes quickly and shape kinds only after
 thousands of steps (see "What the tiny model sees" in the capstone docs). This
@@ -40,7 +40,8 @@ from solutions.train import cosine_schedule
 class ProbeSettings:
     """The probe's knobs; the defaults are the shipped tower's config."""
 
-    patch_size: int = 28
+    resolution: int = pretrain.RESOLUTION
+    patch_size: int = pretrain.tiny_config(vocab_size=16)["img"]["patch_size"]
     steps: int = 2000
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -65,11 +66,13 @@ def one_shape_scene(rng: np.random.Generator) -> tuple[scenes.Scene, int]:
     return scenes.Scene(scenes.Background("white"), (shape,)), kind
 
 
-def one_shape_images(num: int, seed: int, desc: str) -> tuple[np.ndarray, np.ndarray]:
+def one_shape_images(
+    num: int, seed: int, desc: str, resolution: int = pretrain.RESOLUTION
+) -> tuple[np.ndarray, np.ndarray]:
     """float16[num, R, R, 3] images in [-1, 1] and int32[num] kind indices."""
     rng = np.random.default_rng(seed)
     drawn, kinds = zip(*(one_shape_scene(rng) for _ in range(num)), strict=True)
-    return pretrain.render_images(list(drawn), desc), np.array(kinds, np.int32)
+    return pretrain.render_images(list(drawn), desc, resolution), np.array(kinds, np.int32)
 
 
 def _logits(trained: dict, image: jax.Array, *, model: Model) -> jax.Array:
@@ -87,19 +90,23 @@ def _accuracy(trained: dict, images: np.ndarray, kinds: np.ndarray, model: Model
 
 
 def probe(settings: ProbeSettings) -> list[dict]:
-    """Trains a fresh tiny image tower (with `settings.patch_size`) on one-shape images and
-    returns its scores every `eval_every` steps (accuracy on the first `num_val` training
-    images and on `num_val` unseen ones)."""
+    """Trains a fresh tiny image tower (`settings.patch_size`, `settings.resolution`) on
+    one-shape images and returns its scores every `eval_every` steps (accuracy on the first
+    `num_val` training images and on `num_val` unseen ones)."""
     config = pretrain.tiny_config(vocab_size=16)  # the decoder is not used
     config["img"]["patch_size"] = settings.patch_size
     model = Model(**config)
     width = config["llm"]["width"]  # the tower's head projects its tokens to this width
     trained = {
-        "img": init_params(model, pretrain.RESOLUTION, seed=settings.seed)["img"],
+        "img": init_params(model, settings.resolution, seed=settings.seed)["img"],
         "head": {"w": jnp.zeros((width, len(scenes.KINDS))), "b": jnp.zeros(len(scenes.KINDS))},
     }
-    images, kinds = one_shape_images(settings.num_train, settings.seed, "train images")
-    val_images, val_kinds = one_shape_images(settings.num_val, settings.seed + 1, "val images")
+    images, kinds = one_shape_images(
+        settings.num_train, settings.seed, "train images", settings.resolution
+    )
+    val_images, val_kinds = one_shape_images(
+        settings.num_val, settings.seed + 1, "val images", settings.resolution
+    )
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1.0))
     opt_state = optimizer.init(trained)
 

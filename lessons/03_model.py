@@ -53,7 +53,7 @@ from solutions.configs import CHECKPOINTS
 from solutions.gemma import gemma_config
 from solutions.model import Model, count_params, param_shapes
 from solutions.params import param_summary
-from solutions.preprocess import preprocess_tokens
+from solutions.preprocess import preprocess_image, preprocess_tokens
 from solutions.scenes import long_caption, render_scene, sample_scene
 
 # %% [markdown]
@@ -82,22 +82,28 @@ print(f"\nparameters: 3B model {count_params(real_shapes):,}, tiny {count_params
 #
 # A transformer reads a sequence of vectors, so the image tower first turns the
 # picture into one. It cuts the image into a grid of square patches that do not
-# overlap: 224 / 14 = 16 patches a side, 256 patches in all for the real model;
-# the tiny model uses 28-pixel patches, an 8 x 8 grid of 64. Here is an image of
-# the course's scenes dataset with both grids drawn on it.
+# overlap: 224 / 14 = 16 patches a side, 256 patches in all for the real model.
+# The tiny model reads the scenes at 96 pixels in 32-pixel patches: a 3 x 3 grid
+# of 9, one patch per grid cell of a scene, so every shape lies whole inside one
+# patch. Here is an image of the course's scenes dataset as each model reads it.
 
 # %%
 scene = sample_scene(3)
-image = np.asarray(render_scene(scene, 224), np.float32) / 127.5 - 1  # [-1, 1], as the model reads
+photo = render_scene(scene, 224)
+image = preprocess_image(photo, tiny_resolution)  # float32[96, 96, 3] in [-1, 1]
+tiny_patch = tiny_model.img["patch_size"]
 
 figure, axes = plt.subplots(1, 2, figsize=(9, 4.5))
-for ax, patch in zip(axes, (14, 28), strict=True):
-    ax.imshow((image + 1) / 2)
-    for edge in range(0, 225, patch):
+for ax, pixels, patch in zip(
+    axes, (np.asarray(photo) / 127.5 - 1, image), (14, tiny_patch), strict=True
+):
+    side = pixels.shape[0]
+    ax.imshow((pixels + 1) / 2)
+    for edge in range(0, side + 1, patch):
         ax.axhline(edge - 0.5, color="white", linewidth=0.6)
         ax.axvline(edge - 0.5, color="white", linewidth=0.6)
-    side = 224 // patch
-    ax.set_title(f"{patch}-pixel patches: {side} x {side} = {side * side} tokens")
+    grid = side // patch
+    ax.set_title(f"{side} pixels, {patch}-pixel patches: {grid} x {grid} = {grid * grid} tokens")
     ax.axis("off")
 figure.suptitle(textwrap.fill(long_caption(scene), 110), fontsize=8)
 plt.show()
@@ -139,16 +145,17 @@ def patchify(image: jax.Array, patch_size: tuple[int, int]) -> jax.Array:
 check("ex3_1")
 
 # %% [markdown]
-# The first row of the tiny model's 8 x 8 grid, each patch put back into a
-# 28 x 28 picture from its 2352 numbers:
+# The tiny model's 3 x 3 grid, each patch put back into a 32 x 32 picture from its
+# 3072 numbers:
 
 # %%
-patches = patchify(image[None], (28, 28))
+patches = patchify(jnp.asarray(image)[None], (tiny_patch, tiny_patch))
 print("patches:", patches.shape)
-figure, axes = plt.subplots(1, 8, figsize=(10, 1.6))
-for j, ax in enumerate(axes):
-    ax.imshow((np.asarray(patches[0, 0, j]).reshape(28, 28, 3) + 1) / 2)
-    ax.set_title(f"[0, {j}]", fontsize=8)
+grid = patches.shape[1]
+figure, axes = plt.subplots(grid, grid, figsize=(4, 4))
+for (i, j), ax in np.ndenumerate(np.array(axes, dtype=object)):
+    ax.imshow((np.asarray(patches[0, i, j]).reshape(tiny_patch, tiny_patch, 3) + 1) / 2)
+    ax.set_title(f"[{i}, {j}]", fontsize=8)
     ax.axis("off")
 plt.show()
 
@@ -159,7 +166,7 @@ plt.show()
 # full self-attention (every patch sees every patch) and a GELU MLP. PaliGemma
 # keeps every patch token (no pooling), and a last dense layer `img/head` maps
 # each from 1152 to the decoder's width. So the image arrives at Gemma as 256
-# tokens of width 2048, and in the tiny model as 64 tokens of width 192.
+# tokens of width 2048, and in the tiny model as 9 tokens of width 192.
 
 # %%
 # jax.jit compiles the whole tower once: faster than running it op by op.

@@ -395,20 +395,21 @@ def resample_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
 check("ex4_3")
 
 # %% [markdown]
-# The tiny model's position embedding is an 8 x 8 grid (224 pixels, 28-pixel
-# patches). Resampled to 16 x 16, as a 448-pixel model would need, each channel
+# The tiny model's position embedding is a 3 x 3 grid (96 pixels, 32-pixel
+# patches). Resampled to 6 x 6, as a 192-pixel model would need, each channel
 # keeps its picture, only finer:
 
 # %%
 posemb = np.asarray(tiny_params["img"]["pos_embedding"], np.float32)
-larger = resample_posemb(posemb, 256)
+side = math.isqrt(posemb.shape[1])
+larger = resample_posemb(posemb, (2 * side) ** 2)
 print("before:", posemb.shape, " after:", larger.shape)
 
 figure, axes = plt.subplots(2, 4, figsize=(9, 4.6))
 for column, channel in enumerate((0, 1, 2, 3)):
-    for row, (grid, side) in enumerate(((posemb, 8), (larger, 16))):
-        axes[row, column].imshow(grid[0, :, channel].reshape(side, side), cmap="viridis")
-        axes[row, column].set_title(f"channel {channel}, {side} x {side}", fontsize=8)
+    for row, (grid, grid_side) in enumerate(((posemb, side), (larger, 2 * side))):
+        axes[row, column].imshow(grid[0, :, channel].reshape(grid_side, grid_side))
+        axes[row, column].set_title(f"channel {channel}, {grid_side} x {grid_side}", fontsize=8)
         axes[row, column].axis("off")
 plt.show()
 

@@ -72,7 +72,7 @@ print(f"the course's tiny PaliGemma reads {RESOLUTION} x {RESOLUTION} images")
 # %% [markdown]
 # ## 1. Pixels: one size, one range
 #
-# The image tower (SigLIP) cuts the picture into 14 x 14 patches (the tiny model: 28 x 28) and
+# The image tower (SigLIP) cuts the picture into 14 x 14 patches (the tiny model: 32 x 32) and
 # learned one position embedding per patch. So every image must arrive at exactly the
 # resolution the model was trained at: 224, 448 or 896 for the released checkpoints. A larger
 # resolution means more image tokens, and the decoder attends over all of them.

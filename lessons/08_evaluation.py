@@ -529,7 +529,7 @@ caption_grid(
 # word. **CIDEr** (Vedantam et al., 2015), the standard captioning metric, asks instead how much
 # of what the references say the prediction says too, counting phrases of 1 to 4 words
 # (n-grams) and weighting each by how *rare* it is across the evaluated set: "a" tells nothing,
-# "pink hexagon" a lot.
+# "pink heart" a lot.
 #
 # First the words. Captions are lowercased and stripped of punctuation before counting, so "Red,"
 # and "red" are one word.

@@ -33,7 +33,7 @@ import numpy as np
 
 from solutions import scenes as scenes_lib
 
-__all__ = ["caption_report", "cider", "ngram_counts", "tokenize_caption"]
+__all__ = ["caption_report", "cider", "ngram_counts", "repeats_a_word", "tokenize_caption"]
 
 CIDER_SCALE = 10.0  # the COCO evaluation reports 10 x the mean similarity
 _NOT_WORD_OR_SPACE = re.compile(r"[^\w\s]")
@@ -171,6 +171,13 @@ def cider(
     return float(per_example.mean()), per_example
 
 
+def repeats_a_word(caption: str, times: int = 3) -> bool:
+    """Whether some word comes `times` times in a row ("the orange orange orange hexagon"):
+    the loop a captioner falls into when it no longer knows what comes next."""
+    words = tokenize_caption(caption)
+    return any(len(set(words[i : i + times])) == 1 for i in range(len(words) - times + 1))
+
+
 def caption_report(
     predictions: Sequence[str],
     references: Sequence[Sequence[str]],
@@ -178,7 +185,8 @@ def caption_report(
 ) -> dict:
     """The numbers of a captioning run, ready for metrics.json.
 
-    Returns {"n_examples", "cider"} and, when the true `scenes` of the examples
+    Returns {"n_examples", "cider", "repeating": how many predictions repeat a
+    word three times in a row (`repeats_a_word`)} and, when the true `scenes` of the examples
     are given ([N] `Scene`s), the mean object F1 of the predictions against them:
     "object_f1" (size, colour and kind must match), "object_f1_position"
     (the grid cell too), and "attribute_f1": {"size", "colour", "kind",
@@ -186,7 +194,11 @@ def caption_report(
     object_f1 is lost. See `solutions.scenes.object_f1` and `attribute_f1`.
     """
     score, _ = cider(predictions, references)
-    report = {"n_examples": len(predictions), "cider": score}
+    report = {
+        "n_examples": len(predictions),
+        "cider": score,
+        "repeating": sum(repeats_a_word(p) for p in predictions),
+    }
     if scenes is not None:
         if len(scenes) != len(predictions):
             raise ValueError(

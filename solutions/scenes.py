@@ -6,10 +6,10 @@ generator. One `Scene` is sampled, then rendered and described in two styles:
 
     scene = sample_scene(9)
     render_scene(scene)   -> PIL.Image RGB [224, 224]
-    short_caption(scene)  -> "a large pink triangle and a large purple diamond"
+    short_caption(scene)  -> "a large pink triangle and a large purple cross"
     long_caption(scene)   -> "Two shapes sit on a plain black background. At the top there
-                              is a large pink triangle. A large purple diamond sits in the
-                              bottom left. The pink triangle is above the purple diamond."
+                              is a large pink triangle. A large purple cross sits in the
+                              bottom left. The pink triangle is above the purple cross."
 
 `parse_caption` reads the objects back out of either style (and out of a
 model's imperfect attempt), and `object_f1` scores a caption against a scene.
@@ -72,7 +72,9 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- vocabulary
 
-KINDS = ("circle", "square", "triangle", "star", "diamond", "hexagon")
+# Six silhouettes that differ at a glance, even small: no two are the same outline turned or
+# with a few more corners (a diamond is a turned square, a hexagon nearly a circle).
+KINDS = ("circle", "square", "triangle", "star", "cross", "heart")
 COLOURS = {  # far apart in RGB, and none of them grey, so they stand out on every background
     "red": (215, 40, 40),
     "orange": (245, 135, 20),
@@ -112,9 +114,9 @@ HELD_OUT_PAIRS = frozenset(
     {
         ("red", "star"),
         ("blue", "triangle"),
-        ("yellow", "hexagon"),
+        ("yellow", "heart"),
         ("purple", "circle"),
-        ("green", "diamond"),
+        ("green", "cross"),
         ("orange", "square"),
     }
 )
@@ -122,7 +124,10 @@ ALL_PAIRS = tuple((colour, kind) for colour in COLOURS for kind in KINDS)
 TRAIN_PAIRS = tuple(pair for pair in ALL_PAIRS if pair not in HELD_OUT_PAIRS)
 
 STACK_PROBABILITY = 0.15  # chance that a small shape sits on top of a large one
-MAX_ANGLE = 15.0  # degrees; more would turn a square into a diamond
+# How far a shape's centre may move from its cell's centre, in cell widths: a large shape
+# has little room; a small one stacked on a large one keeps to the middle of it.
+JITTER = {"large": 0.06, "small": 0.2}
+MAX_ANGLE = 15.0  # degrees; a tilt, never enough to make a square look turned on its corner
 SUPERSAMPLE = 2  # draw at 2x and shrink, so edges are anti-aliased
 
 
@@ -262,7 +267,7 @@ def sample_scene(seed: int | Sequence[int] | np.random.Generator, *, split: str 
     shapes = []
     for i, ((colour, kind), size, cell) in enumerate(zip(pairs, sizes, cells, strict=True)):
         on_top = stacked and i == n_shapes - 1
-        jitter = 0.06 if size == "large" or on_top else 0.2
+        jitter = JITTER["large" if on_top else size]
         offset = tuple(float(v) for v in rng.uniform(-jitter, jitter, 2))
         angle = float(rng.uniform(-MAX_ANGLE, MAX_ANGLE))
         shapes.append(Shape(kind, colour, size, list(POSITIONS)[cell], offset, angle))
@@ -322,6 +327,26 @@ def _background_image(background: Background, side: int) -> Image.Image:
     return image
 
 
+def _heart(radius: float) -> list[tuple[float, float]]:
+    """(r, degrees) corners of a heart, point down, about as wide and tall as 2 * radius."""
+    corners = []
+    for i in range(32):
+        t = 2 * math.pi * i / 32
+        x = 16 * math.sin(t) ** 3
+        y = -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t))
+        x, y = x * radius / 16, (y - 2.5) * radius / 15  # centred on its own bounding box
+        corners.append((math.hypot(x, y), math.degrees(math.atan2(y, x))))
+    return corners
+
+
+def _cross(radius: float) -> list[tuple[float, float]]:
+    """(r, degrees) corners of a plus sign whose arms are 0.7 * radius wide."""
+    arm, half = radius, 0.35 * radius
+    xy = [(half, -arm), (half, -half), (arm, -half), (arm, half), (half, half), (half, arm)]
+    xy += [(-x, -y) for x, y in xy]
+    return [(math.hypot(x, y), math.degrees(math.atan2(y, x))) for x, y in xy]
+
+
 def _outline(kind: str, radius: float, angle: float) -> list[tuple[float, float]]:
     """Polygon corners around (0, 0), y pointing down, turned by `angle` degrees."""
 
@@ -329,17 +354,14 @@ def _outline(kind: str, radius: float, angle: float) -> list[tuple[float, float]
         return [(r, start + 360.0 * i / n) for i in range(n)]
 
     corners = {
-        "square": ring(4, 1.1 * radius, start=-45.0),
-        "triangle": ring(3, 1.1 * radius),
-        "hexagon": ring(6, radius, start=0.0),
-        "diamond": [
-            (1.1 * radius, -90),
-            (0.7 * radius, 0),
-            (1.1 * radius, 90),
-            (0.7 * radius, 180),
+        "square": lambda: ring(4, 1.1 * radius, start=-45.0),
+        "triangle": lambda: ring(3, 1.15 * radius),
+        "cross": lambda: _cross(1.05 * radius),
+        "heart": lambda: _heart(1.05 * radius),
+        "star": lambda: [
+            (r, -90.0 + 36.0 * i) for i, r in enumerate([1.15 * radius, 0.45 * radius] * 5)
         ],
-        "star": [(r, -90.0 + 36.0 * i) for i, r in enumerate([1.1 * radius, 0.5 * radius] * 5)],
-    }[kind]
+    }[kind]()
     return [
         (r * math.cos(math.radians(a + angle)), r * math.sin(math.radians(a + angle)))
         for r, a in corners

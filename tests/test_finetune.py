@@ -41,15 +41,15 @@ def test_default_run_writes_everything(assets, in_tmp, capsys):
     assert json.loads((run / "state.json").read_text()) == {"step": 4}
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["ended"] == "finished"
-    sizes = {"validation": 10, "test": 50}
+    sizes = {"validation": 50, "test": 50}
     for when in ("before", "after"):
         assert set(metrics[when]) == set(sizes)
         for name, n in sizes.items():
             report = metrics[when][name]
             assert report["n_examples"] == n
-            assert {"cider", "object_f1", "object_f1_position"} <= set(report)
+            assert {"cider", "object_f1", "object_f1_position", "repeating"} <= set(report)
             assert set(report["attribute_f1"]) == set(scenes.ATTRIBUTES)
-    assert report_rows(run) == 60
+    assert report_rows(run) == 100
     out = capsys.readouterr().out
     assert "before:" in out and "val_00000.jpg" in out  # captions of validation images
     # The score tables, printed and in the report, hold the numbers of metrics.json.
@@ -60,6 +60,8 @@ def test_default_run_writes_everything(assets, in_tmp, capsys):
         kinds = before["attribute_f1"]["kind"], after["attribute_f1"]["kind"]
         assert re.search(rf"F1 of kind alone +{kinds[0]:.3f} +{kinds[1]:.3f}\n", table), table
         assert f"<td>CIDEr</td><td>{before['cider']:.3f}</td><td>{after['cider']:.3f}</td>" in page
+        repeats = before["repeating"], after["repeating"]
+        assert re.search(rf"repeating a word 3x +{repeats[0]} +{repeats[1]}\n", table), table
 
 
 def test_a_bigger_validation_set_on_request(assets, in_tmp):
@@ -82,7 +84,7 @@ def report_rows(run):
 def test_scored_scenes_are_the_written_ones(in_tmp):
     train, evals = finetune.prepare_data(None, "raise")
     assert len(train) == 90 and [(e.name, len(e.examples)) for e in evals] == [
-        ("validation", 10),
+        ("validation", 50),
         ("test", 50),
     ]
     for evals_set in evals:

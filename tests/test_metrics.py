@@ -8,7 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from solutions.metrics import caption_report, cider, ngram_counts, tokenize_caption
+from solutions.metrics import (
+    caption_report,
+    cider,
+    ngram_counts,
+    repeats_a_word,
+    tokenize_caption,
+)
 from solutions.scenes import COLOURS, long_caption, objects_text, sample_scene, short_caption
 
 LOG2 = math.log(2)
@@ -209,6 +215,7 @@ def test_caption_report_with_scenes():
     assert exact == {
         "n_examples": 6,
         "cider": pytest.approx(10.0),
+        "repeating": 0,
         "object_f1": 1.0,
         "object_f1_position": 1.0,
         "attribute_f1": {"size": 1.0, "colour": 1.0, "kind": 1.0, "position": 1.0},
@@ -221,7 +228,17 @@ def test_caption_report_without_scenes():
     assert report == {
         "n_examples": 2,
         "cider": pytest.approx(cider(["red square", "blue square"], TWO_REFERENCES)[0]),
+        "repeating": 0,
     }
+
+
+def test_repeated_words_are_counted():
+    assert repeats_a_word("the green triangle is above the orange orange orange heart")
+    assert repeats_a_word("A red, red; RED circle.")  # punctuation and case do not hide it
+    assert not repeats_a_word("the orange orange heart is left of the orange star")
+    assert not repeats_a_word("") and not repeats_a_word("orange orange")
+    report = caption_report(["red red red square", "blue square"], TWO_REFERENCES)
+    assert report["repeating"] == 1
 
 
 def test_caption_report_checks_scene_count():

@@ -93,15 +93,22 @@ def test_patch_targets_label_the_shapes_and_the_background():
     from capstone.pretrain_vision import PATCH_LABELS, patch_targets
     from solutions import scenes
 
-    big = scenes.Shape("square", "red", "large", "centre")
-    scene = scenes.Scene(scenes.Background("white"), (big,))
-    targets = patch_targets(scene, grid=8)
-    kind = targets["kind"].reshape(8, 8)
-    # A large square in the centre cell (pixels ~75-149 of 224) covers the middle patches.
-    assert (kind[3:5, 3:5] == PATCH_LABELS["kind"].index("square")).all()
-    assert (kind[0, :] == 0).all() and (kind[:, 0] == 0).all()  # background around it
-    assert set(np.unique(targets["colour"])) == {0, PATCH_LABELS["colour"].index("red")}
+    base = scenes.Shape("square", "red", "large", "centre")
+    top = scenes.Shape("star", "blue", "small", "centre")
+    alone = scenes.Shape("heart", "green", "small", "top left", offset=(0.2, -0.2))
+    scene = scenes.Scene(scenes.Background("white"), (alone, base, top))
+    targets = patch_targets(scene, grid=3)
+    kinds = PATCH_LABELS["kind"]
+    # One patch per grid cell: the cell's shape, and a shape stacked on it as the second one.
+    assert list(targets["kind"]) == [kinds.index("heart"), 0, 0, 0, kinds.index("square")] + [0] * 4
+    assert list(targets["kind_2"]) == [0] * 4 + [kinds.index("star")] + [0] * 4
+    assert targets["colour_2"][4] == PATCH_LABELS["colour_2"].index("blue")
+    assert targets["size"][0] == PATCH_LABELS["size"].index("small")
     assert targets["tone"] == list(scenes.TONES).index("white")
+    # On a finer grid the large square covers the middle patches and the corners stay empty.
+    fine = patch_targets(scene, grid=8)["kind"].reshape(8, 8)
+    assert (fine[3:5, 3:5] == kinds.index("square")).all()
+    assert (fine[:, -1] == 0).all() and (fine[-1, :] == 0).all()
 
 
 def test_layout_text_lists_every_cell_with_its_position_and_the_background():
@@ -179,3 +186,36 @@ def test_pair_recall_tells_held_out_pairs_from_seen_ones():
         scenes.Background("white"), (seen, dataclasses.replace(seen, position="bottom right"))
     )
     assert pretrain.pair_recall(["a small red circle"], [twins]) == {"seen": 0.5, "held_out": None}
+
+
+def test_held_out_readings_say_what_the_model_calls_an_unseen_pair():
+    from solutions import scenes
+
+    held = [
+        scenes.Shape(k, c, "large", cell)
+        for (c, k), cell in zip(
+            sorted(scenes.HELD_OUT_PAIRS)[:3], ("top left", "centre", "bottom right")
+        )
+    ]
+    seen = scenes.Shape("circle", "red", "small", "top")
+    assert ("red", "circle") not in scenes.HELD_OUT_PAIRS
+    scene = scenes.Scene(scenes.Background("white"), (held[0], seen, held[1], held[2]))
+    (c0, k0), (c1, k1), (c2, k2) = [(s.colour, s.kind) for s in held]
+    other = next(k for k in scenes.KINDS if k not in (k0, k1, k2))
+    # Right in its cell; right colour but another kind; right pair in the wrong cell.
+    layout = (
+        f"a large {c0} {k0} in the top left; a small red circle at the top; "
+        f"a large {c1} {other} in the centre; a large {c2} {k2} in the top right"
+    )
+    readings = pretrain.held_out_readings([layout], [scene])
+    third = round(1 / 3, 4)
+    assert readings == {
+        "shapes": 3,
+        "both": third,
+        "colour": third,
+        "kind": 0.0,
+        "neither": third,
+        "swaps": [[f"{c1} {k1}", f"{c1} {other}", 1]],
+    }
+    only_seen = scenes.Scene(scenes.Background("white"), (seen,))
+    assert pretrain.held_out_readings(["a small red circle at the top"], [only_seen]) is None

@@ -152,7 +152,7 @@ def _worked_scene() -> Scene:
         (
             Shape("circle", "red", "large", "top left"),
             Shape("square", "blue", "small", "right"),
-            Shape("diamond", "pink", "large", "bottom"),
+            Shape("cross", "pink", "large", "bottom"),
             Shape("star", "yellow", "small", "bottom"),
         ),
     )
@@ -161,12 +161,12 @@ def _worked_scene() -> Scene:
 def test_captions_of_a_worked_example():
     scene = _worked_scene()
     assert short_caption(scene) == (
-        "a large red circle, a small blue square, a large pink diamond and a small yellow star"
+        "a large red circle, a small blue square, a large pink cross and a small yellow star"
     )
     assert long_caption(scene) == (
         "Four shapes sit on a striped grey background. In the top left there is a large red "
         "circle. A small blue square sits on the right. At the bottom there is a large pink "
-        "diamond with a small yellow star on top of it. The red circle is above the blue square."
+        "cross with a small yellow star on top of it. The red circle is above the blue square."
     )
 
 
@@ -203,16 +203,16 @@ def test_attribute_f1_tells_which_attribute_is_wrong():
         "kind": 1.0,
         "position": 0.0,
     }
-    # Every kind named wrong, the rest right: circle, square, diamond, star become square,
-    # triangle, hexagon, diamond. Two of those four kinds are in the scene (a square, a
-    # diamond), so kind F1 is 2/4 while no shape matches as a whole.
+    # Every kind named wrong, the rest right: circle, square, cross, star become square,
+    # triangle, heart, cross. Two of those four kinds are in the scene (a square, a
+    # cross), so kind F1 is 2/4 while no shape matches as a whole.
     other = {kind: KINDS[(KINDS.index(kind) + 1) % len(KINDS)] for kind in KINDS}
     wrong_kinds = [obj._replace(kind=other[obj.kind]) for obj in truth]
     caption = " ".join(
         f"{POSITIONS[o.position].capitalize()} there is a {o.size} {o.colour} {o.kind}."
         for o in wrong_kinds
     )
-    assert [o.kind for o in wrong_kinds] == ["square", "triangle", "hexagon", "diamond"]
+    assert [o.kind for o in wrong_kinds] == ["square", "triangle", "heart", "cross"]
     scores = attribute_f1(caption, scene)
     assert scores == {"size": 1.0, "colour": 1.0, "kind": 0.5, "position": 1.0}
     assert object_f1(caption, scene)[2] == 0.0
@@ -237,7 +237,7 @@ def test_f1_on_a_worked_example():
     predicted = "a large red circle, a small blue square, a large pink star and a small red star"
     # 2 of 4 predicted shapes are right (circle, square): precision 2/4, recall 2/4.
     assert object_f1(predicted, scene) == (0.5, 0.5, 0.5)
-    predicted = "a large red circle, a small blue square and a large green hexagon"
+    predicted = "a large red circle, a small blue square and a large green heart"
     # 2 of 3 predicted right, 2 of 4 true found: P = 2/3, R = 1/2, F1 = 2PR/(P+R) = 4/7.
     precision, recall, f1 = object_f1(predicted, scene)
     assert (precision, recall) == (2 / 3, 0.5) and f1 == pytest.approx(4 / 7)
