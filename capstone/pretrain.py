@@ -89,6 +89,10 @@ class Settings:
     vision_batch_size: int = 32
     vision_learning_rate: float = 2e-3
     steps: int = 6000  # stage 1: the whole model on the task mixture
+    # Stage 1 steps over which the image tower's learning rate climbs from 0 to the decoder's:
+    # the decoder's first gradients are noise that would wipe out what stage 0 taught the
+    # tower (PaliGemma warms its image encoder up slowly for the same reason).
+    tower_warmup: int = 2000
     batch_size: int = 16
     learning_rate: float = 1.5e-3
     num_scenes: int = 40000  # 16,000 stage 0 steps of 32 see each scene 13 times
@@ -301,6 +305,18 @@ def _shippable(params) -> dict:
     return jax.tree.map(lambda p: np.asarray(p).astype(ml_dtypes.bfloat16), params)
 
 
+def stage1_optimizer(tower_warmup: int) -> optax.GradientTransformation:
+    """Adam (learning rate 1.0: the step scales it by the schedule) whose updates to the
+    image tower ("img/..." in the flat tree `make_update_fn` optimises) are scaled by a
+    ramp from 0 to 1 over the first `tower_warmup` steps."""
+    ramp = optax.scale_by_schedule(lambda count: jnp.minimum(1.0, count / max(tower_warmup, 1)))
+    by_tower = optax.multi_transform(
+        {"img": ramp, "llm": optax.identity()},
+        lambda flat: {name: name.split("/")[0] for name in flat},
+    )
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1.0), by_tower)
+
+
 def render_held_out(settings: Settings) -> dict[str, tuple[np.ndarray, list]]:
     """{"val": (images, scenes), "test": ...}: the scenes the model is scored on."""
     return {
@@ -359,7 +375,7 @@ def pretrain(out: pathlib.Path, settings: Settings) -> dict:
             eval_every=settings.eval_every,
         )
 
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1.0))
+    optimizer = stage1_optimizer(settings.tower_warmup)
     trainable = trainable_mask(params, "all")
     update_fn = make_update_fn(model, trainable, optimizer)
     state = init_train_state(params, trainable, optimizer)

@@ -295,10 +295,11 @@ def test_latest_run_is_the_newest_checkpoint_and_loads_into_the_tiny_model(
 def test_captioner_reports_name_size_and_resolution(assets, captioner):
     card = json.loads((assets / "config.json").read_text())
     expected = count_params(param_shapes(captioner.model, card["resolution"]))
-    assert captioner.resolution == card["resolution"] == 224
+    side = card["resolution"]
+    assert captioner.resolution == side == 96
     assert captioner.num_params == expected
     assert captioner.summary == (
-        f"tiny (shipped): {expected / 1e6:.1f}M parameters, 224x224 images"
+        f"tiny (shipped): {expected / 1e6:.1f}M parameters, {side}x{side} images"
     )
 
 
@@ -307,7 +308,7 @@ def test_greedy_caption_is_the_unpadded_prompts_decode(captioner):
     image = scenes.render_scene(scenes.sample_scene(5))
     text, mask_ar, _, mask_input = preprocess_tokens("caption en", tokenizer=captioner.tokenizer)
     batch = {
-        "image": preprocess_image(image, 224)[None],
+        "image": preprocess_image(image, captioner.resolution)[None],
         "text": text[None],
         "mask_ar": mask_ar[None],
         "mask_input": mask_input[None],

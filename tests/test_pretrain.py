@@ -219,3 +219,19 @@ def test_held_out_readings_say_what_the_model_calls_an_unseen_pair():
     }
     only_seen = scenes.Scene(scenes.Background("white"), (seen,))
     assert pretrain.held_out_readings(["a small red circle at the top"], [only_seen]) is None
+
+
+def test_stage1_optimizer_warms_the_image_tower_up_slowly():
+    import jax.numpy as jnp
+
+    optimizer = pretrain.stage1_optimizer(tower_warmup=4)
+    params = {"img/embedding/kernel": jnp.ones(3), "llm/embedder/input_embedding": jnp.ones(3)}
+    grads = jax.tree.map(jnp.ones_like, params)
+    state = optimizer.init(params)
+    tower_share = []
+    for _ in range(6):
+        updates, state = optimizer.update(grads, state, params)
+        img, llm = updates["img/embedding/kernel"], updates["llm/embedder/input_embedding"]
+        assert float(llm[0]) < 0  # Adam points downhill at full size from the first step
+        tower_share.append(round(float(img[0] / llm[0]), 4))
+    assert tower_share == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
