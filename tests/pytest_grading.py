@@ -10,6 +10,7 @@ exercise (only the newer of `.py` and `.ipynb` is graded).
 from __future__ import annotations
 
 import re
+import textwrap
 
 
 def pytest_addoption(parser):
@@ -80,7 +81,8 @@ def scoreboard_lines(scores, impl: str) -> list[str]:
         lines.append(f"lesson {lesson}: {count}, graded from {source}")
         lines.extend(_packed([text for _, _, text in results]))
         if impl == "lessons":
-            lines.extend(f"  {note}" for note in grading.version_notes(lesson))
+            for note in grading.version_notes(lesson):
+                lines.extend(textwrap.wrap(note, 100, initial_indent="  ", subsequent_indent="   "))
     lines.append(
         f"all graded: {done_total}/{exercises_total} exercises done, "
         f"{passed_total}/{counted_total} checks pass"
