@@ -121,7 +121,7 @@ def devices_per_kind(devices: Iterable) -> dict[str, int]:
 check("ex1_1")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 1.1</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 1.1</summary>
 #
 # ```python
 # counts[device.device_kind] = counts.get(device.device_kind, 0) + 1
@@ -214,7 +214,7 @@ def xla_flags_with_device_count(flags: str, count: int) -> str:
 check("ex1_2")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 1.2</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 1.2</summary>
 #
 # ```python
 # kept = [flag for flag in flags.split() if flag.split("=")[0] != DEVICE_COUNT_FLAG]
@@ -374,7 +374,7 @@ def find_kaggle_credentials(environ: Mapping[str, str], home: pathlib.Path) -> s
 check("ex1_3")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 1.3</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 1.3</summary>
 #
 # ```python
 # folder = pathlib.Path(environ.get("KAGGLE_CONFIG_DIR") or home / ".kaggle")
@@ -436,7 +436,7 @@ def write_kaggle_json(folder: pathlib.Path, username: str, key: str) -> pathlib.
 check("ex1_4")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 1.4</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 1.4</summary>
 #
 # ```python
 # fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -183,7 +183,7 @@ def kaggle_cache_path(name_or_checkpoint: str | Checkpoint) -> pathlib.Path:
 check("ex2_1")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 2.1</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 2.1</summary>
 #
 # ```python
 # cache = os.environ.get("KAGGLEHUB_CACHE") or pathlib.Path.home() / ".cache" / "kagglehub"
@@ -254,7 +254,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 check("ex2_2")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 2.2</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 2.2</summary>
 #
 # ```python
 # digest = hashlib.sha256()
@@ -339,7 +339,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
 check("ex2_3")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 2.3</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 2.3</summary>
 #
 # ```python
 # tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -428,7 +428,7 @@ def kaggle_failure_kind(status: int | None, *, has_credentials: bool) -> str:
 check("ex2_4")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 2.4</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 2.4</summary>
 #
 # ```python
 # return {401: "rejected", 403: "license", 404: "missing"}.get(status, "server")

@@ -227,7 +227,7 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float = 1e-6) -> jax.Array:
 check("ex3_2")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 3.2</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 3.2</summary>
 #
 # ```python
 # mean_square = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
@@ -295,7 +295,7 @@ def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_00
 check("ex3_3")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 3.3</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 3.3</summary>
 #
 # ```python
 # half = x.shape[-1] // 2

@@ -169,7 +169,7 @@ def flatten_params(tree: Mapping, prefix: str = "") -> dict:
 check("ex4_1")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 4.1</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 4.1</summary>
 #
 # ```python
 # name = f"{prefix}/{key}" if prefix else key
@@ -205,7 +205,7 @@ def unflatten_params(flat: Mapping) -> dict:
 check("ex4_2")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 4.2</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 4.2</summary>
 #
 # ```python
 # for name, value in flat.items():
@@ -421,7 +421,7 @@ def resample_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
 check("ex4_3")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 4.3</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 4.3</summary>
 #
 # ```python
 # coords = np.linspace(0, n - 1, m)
@@ -498,7 +498,7 @@ def fsdp_axis(shape: Sequence[int], num_shards: int) -> int | None:
 check("ex4_4")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 4.4</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 4.4</summary>
 #
 # ```python
 # candidates = [i for i, size in enumerate(shape) if size % num_shards == 0]

@@ -185,7 +185,7 @@ def resize_and_scale(pixels, size):
 check("ex5_1")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 5.1</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 5.1</summary>
 #
 # ```python
 # resized = tf.image.resize(pixels, (size, size), method="bilinear", antialias=True).numpy()
@@ -347,7 +347,7 @@ def preprocess_tokens(prefix, suffix=None, seqlen=None, *, tokenizer=None, stats
 check("ex5_2")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 5.2</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 5.2</summary>
 #
 # ```python
 # values = values[:seqlen] + [0] * (seqlen - len(values))  # for each of the four
@@ -471,7 +471,7 @@ def postprocess_tokens(tokens, *, tokenizer=None):
 check("ex5_3")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 5.3</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 5.3</summary>
 #
 # ```python
 # ids = np.asarray(tokens).tolist()

@@ -174,7 +174,7 @@ def parse_line(text, source, root):
 check("ex6_1")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 6.1</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 6.1</summary>
 #
 # ```python
 # try:
@@ -252,7 +252,7 @@ def read_jsonl(path, *, root=None, on_error="raise", stats=None):
 check("ex6_2")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 6.2</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 6.2</summary>
 #
 # ```python
 # with path.open(encoding="utf-8") as lines:
@@ -321,7 +321,7 @@ def shuffled_epochs(num_examples, seed=0):
 check("ex6_3")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 6.3</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 6.3</summary>
 #
 # ```python
 # rng = np.random.default_rng(seed)
@@ -418,7 +418,7 @@ def batches(examples, batch_size, *, drop_remainder=True):
 check("ex6_4")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 6.4</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 6.4</summary>
 #
 # ```python
 # keys = [k for k, v in chunk[0].items() if isinstance(v, np.ndarray)]

@@ -163,7 +163,7 @@ def trainable_mask(params, strategy: str = "attn"):
 check("ex7_1")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 7.1</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 7.1</summary>
 #
 # ```python
 # prefixes = STRATEGIES[strategy]
@@ -246,7 +246,7 @@ def loss_fn(params, batch, *, model) -> jax.Array:
 check("ex7_2")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 7.2</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 7.2</summary>
 #
 # ```python
 # logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -377,7 +377,7 @@ def warmup_steps(total_steps: int, warmup_fraction: float = 0.1) -> int:
 check("ex7_3")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 7.3</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 7.3</summary>
 #
 # ```python
 # steps = warmup_fraction * total_steps
@@ -421,7 +421,7 @@ def cosine_schedule(
 check("ex7_4")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 7.4</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 7.4</summary>
 #
 # ```python
 # step = jnp.asarray(step, jnp.float32)

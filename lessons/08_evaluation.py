@@ -397,7 +397,7 @@ def keep_top_k(logits: jax.Array, k: int) -> jax.Array:
 check("ex8_1")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 8.1</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 8.1</summary>
 #
 # ```python
 # kth = jax.lax.top_k(logits, min(k, logits.shape[-1]))[0][:, -1:]
@@ -571,7 +571,7 @@ def tokenize_caption(text: str) -> list[str]:
 check("ex8_3")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 8.3</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 8.3</summary>
 #
 # ```python
 # re.sub(r"[^\w\s]", "", text.lower()).split()
@@ -608,7 +608,7 @@ def ngram_counts(tokens: Sequence[str], n: int = 4) -> list[Counter]:
 check("ex8_4")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 8.4</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 8.4</summary>
 #
 # ```python
 # Counter(tuple(tokens[i : i + k]) for i in range(len(tokens) - k + 1))  # order k

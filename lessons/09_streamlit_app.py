@@ -462,7 +462,7 @@ def latest_run_checkpoint(runs):
 check("ex9_2")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 9.2</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 9.2</summary>
 #
 # ```python
 # found = runs.glob("*/checkpoint.npz")
@@ -625,7 +625,7 @@ def captions_jsonl(rows):
 check("ex9_4")
 
 # %% [markdown]
-# <details markdown="1"><summary>Stuck? Show me the key lines of exercise 9.4</summary>
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 9.4</summary>
 #
 # ```python
 # buffer = io.StringIO()
