@@ -294,3 +294,13 @@ def test_check_in_a_learner_copy_tells_the_truth(learner_copy, monkeypatch, caps
         "then run this check again."
     ), out
     assert "📄 pytest grades lessons/07_training.py (07_training.ipynb is not newer)" in out, out
+
+
+def test_a_skipped_check_does_not_count_against_an_exercise():
+    """A check that cannot run here (file modes off POSIX) neither passes nor fails."""
+    from tests.pytest_grading import exercise_score
+
+    tests = {"mode": ("skipped", None), "content": ("passed", None), "old file": ("passed", None)}
+    assert exercise_score("1.4", tests) == (2, 2, "1.4 2/2 ✓")
+    tests["content"] = ("failed", None)
+    assert exercise_score("1.4", tests) == (1, 2, "1.4 1/2")
