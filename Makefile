@@ -46,7 +46,7 @@ grade: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab lessons
 
-## test-lessons: run the nine lessons top to bottom with the reference solutions swapped in
+## test-lessons: run the nine lessons top to bottom with nbval, the reference solutions swapped in
 test-lessons: $(STAMP)
 	$(BIN)/python -m tests.execute_lessons --out build/lessons
 

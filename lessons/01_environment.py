@@ -110,13 +110,22 @@ def devices_per_kind(devices: Iterable) -> dict[str, int]:
     Returns:
       device kind -> count, kinds in the order they first appear.
     """
-    # Hint: a plain dict remembers insertion order; `counts.get(kind, 0) + 1` counts
-    # one more without a special case for a new kind.
+    # Hint: a plain dict already remembers the order in which its keys first arrived; what is left
+    # is adding one to a count that may not exist yet, without a special case for a new kind.
     raise NotImplementedError("Exercise 1.1")
 
 
 # %% tags=["check"]
 check("ex1_1")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 1.1</summary>
+#
+# ```python
+# counts[device.device_kind] = counts.get(device.device_kind, 0) + 1
+# ```
+#
+# </details>
 
 # %% [markdown]
 # ## TensorFlow stays off the GPU
@@ -193,13 +202,24 @@ def xla_flags_with_device_count(flags: str, count: int) -> str:
     Raises:
       ValueError: `count` is not a positive int.
     """
-    # Hint: `flags.split()` ignores runs of spaces; a flag's name is `flag.split("=")[0]`.
-    # The flag's name is in DEVICE_COUNT_FLAG.
+    # Hint: treat XLA_FLAGS as a list of words: keep every word whose name (the part before `=`) is
+    # not DEVICE_COUNT_FLAG, add the new flag, join them back. Splitting with no argument already
+    # ignores runs of spaces.
     raise NotImplementedError("Exercise 1.2")
 
 
 # %% tags=["check"]
 check("ex1_2")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 1.2</summary>
+#
+# ```python
+# kept = [flag for flag in flags.split() if flag.split("=")[0] != DEVICE_COUNT_FLAG]
+# return " ".join([*kept, f"{DEVICE_COUNT_FLAG}={count}"])
+# ```
+#
+# </details>
 
 # %% [markdown]
 # XLA reads `XLA_FLAGS` once, when JAX creates its CPU backend: at the first
@@ -342,13 +362,24 @@ def find_kaggle_credentials(environ: Mapping[str, str], home: pathlib.Path) -> s
       FileNotFoundError: neither is there. The message names both ways to provide
         the key, the page that creates one, and the license pages to accept.
     """
-    # Hint: `environ.get(name)` is None for a missing variable and "" for an empty one;
-    # both are falsy. Build the folder with `environ.get("KAGGLE_CONFIG_DIR") or home / ".kaggle"`.
+    # Hint: a missing variable and an empty one mean the same here, and both are falsy. Decide the
+    # folder first (KAGGLE_CONFIG_DIR wins over home/.kaggle), then look for the file in it; the
+    # error message reuses that same path.
     raise NotImplementedError("Exercise 1.3")
 
 
 # %% tags=["check"]
 check("ex1_3")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 1.3</summary>
+#
+# ```python
+# folder = pathlib.Path(environ.get("KAGGLE_CONFIG_DIR") or home / ".kaggle")
+# path = folder / "kaggle.json"
+# ```
+#
+# </details>
 
 # %% [markdown]
 # Here is the answer for this machine. The key itself is never printed: a
@@ -394,13 +425,28 @@ def write_kaggle_json(folder: pathlib.Path, username: str, key: str) -> pathlib.
     Raises:
       ValueError: `username` or `key` is empty.
     """
-    # Hint: `os.fdopen(fd, "w")` turns the number os.open returns into a file for json.dump.
-    # Remove the temporary file in a `finally:` (`tmp.unlink(missing_ok=True)`).
+    # Hint: os.open hands back a bare file descriptor, not a Python file object: json.dump needs the
+    # second. Whatever goes wrong, no temporary file may stay behind.
     raise NotImplementedError("Exercise 1.4")
 
 
 # %% tags=["check"]
 check("ex1_4")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 1.4</summary>
+#
+# ```python
+# fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+# try:
+#     with os.fdopen(fd, "w", encoding="utf-8") as file:
+#         json.dump({"username": username, "key": key}, file)
+#     os.replace(tmp, path)
+# finally:
+#     tmp.unlink(missing_ok=True)
+# ```
+#
+# </details>
 
 # %% [markdown]
 # Try it on a made-up key in a temporary folder (your real `~/.kaggle` is not

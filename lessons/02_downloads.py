@@ -171,13 +171,25 @@ def kaggle_cache_path(name_or_checkpoint: str | Checkpoint) -> pathlib.Path:
     the file as complete only once it has also written the marker
     `.../variation/.complete/version/<filename>.complete`.
     """
-    # Hint: `checkpoint.kaggle_handle.split("/")` gives the five parts in order, and
-    # `os.environ.get("KAGGLEHUB_CACHE")` is None when the variable is not set.
+    # Hint: a name is looked up with get_checkpoint, a Checkpoint is used as it is. The five parts
+    # of the versioned handle already are the folder names, in order; only the cache folder itself
+    # depends on the environment.
     raise NotImplementedError("Exercise 2.1")
 
 
 # %% tags=["check"]
 check("ex2_1")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 2.1</summary>
+#
+# ```python
+# cache = os.environ.get("KAGGLEHUB_CACHE") or pathlib.Path.home() / ".cache" / "kagglehub"
+# parts = checkpoint.kaggle_handle.split("/")
+# return pathlib.Path(cache, "models", *parts, checkpoint.filename)
+# ```
+#
+# </details>
 
 # %% [markdown]
 # A file at that path may still be partial: kagglehub writes in place and resumes
@@ -231,13 +243,26 @@ def sha256_file(path: str | os.PathLike) -> str:
     The file is read in 1 MiB chunks, so a checkpoint of many gigabytes needs
     no more memory than a small file.
     """
-    # Hint: `with open(path, "rb") as file:` then `while chunk := file.read(1 << 20):`
-    # `digest.update(chunk)`; finish with `digest.hexdigest()`.
+    # Hint: a digest can be fed piece by piece: update it with each chunk as you read it, and stop
+    # when a read returns no bytes. Open the file in binary mode.
     raise NotImplementedError("Exercise 2.2")
 
 
 # %% tags=["check"]
 check("ex2_2")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 2.2</summary>
+#
+# ```python
+# digest = hashlib.sha256()
+# with open(path, "rb") as file:
+#     while chunk := file.read(1 << 20):
+#         digest.update(chunk)
+# return digest.hexdigest()
+# ```
+#
+# </details>
 
 # %% [markdown]
 # Flip one bit of the shipped model's weights and hash both versions: the two
@@ -302,14 +327,28 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
 
     Creates missing parent folders; removes the temporary file if writing fails.
     """
-    # Hint: `tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")`; write it with
-    # write_text(data, encoding="utf-8") or write_bytes(data), then os.replace(tmp, path)
-    # inside `try:`, and `tmp.unlink(missing_ok=True)` in `finally:`.
+    # Hint: write the new bytes where no reader of `path` looks, in the same folder (a rename is
+    # atomic only within one file system), then put them in place with one rename. The temporary
+    # file must be gone afterwards whether or not that worked.
     raise NotImplementedError("Exercise 2.3")
 
 
 # %% tags=["check"]
 check("ex2_3")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 2.3</summary>
+#
+# ```python
+# tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+# try:
+#     ...  # write data to tmp: write_text(..., encoding="utf-8") or write_bytes(...)
+#     os.replace(tmp, path)
+# finally:
+#     tmp.unlink(missing_ok=True)
+# ```
+#
+# </details>
 
 # %% [markdown]
 # The difference, shown with a write that fails halfway (a string that UTF-8
@@ -377,13 +416,23 @@ def kaggle_failure_kind(status: int | None, *, has_credentials: bool) -> str:
     Returns:
       One of the kinds above.
     """
-    # Hint: check the "credentials" row first, since it overlaps the 401 and 403 rows;
-    # a dict {401: ..., 403: ..., 404: ...}.get(status, "server") covers the rest.
+    # Hint: the table's rows overlap: settle the most specific one first (no credentials with 401 or
+    # 403); what is left maps a status to a kind, with one default for every status the table does
+    # not name.
     raise NotImplementedError("Exercise 2.4")
 
 
 # %% tags=["check"]
 check("ex2_4")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 2.4</summary>
+#
+# ```python
+# return {401: "rejected", 403: "license", 404: "missing"}.get(status, "server")
+# ```
+#
+# </details>
 
 # %% [markdown]
 # Now the real messages, without a network. kagglehub talks to Kaggle through

@@ -223,13 +223,23 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float = 1e-6) -> jax.Array:
     Returns:
       float[..., D], the same shape as `x`.
     """
-    # Hint: jnp.mean(..., axis=-1, keepdims=True) keeps a trailing axis of 1, so the
-    # result broadcasts against x; jax.lax.rsqrt(v) is 1 / sqrt(v).
+    # Hint: the mean square is one number per vector: keep it as a trailing axis of size 1 so that
+    # it broadcasts over the vector's D entries. Gemma stores the scale as an offset from 1.
     raise NotImplementedError("Exercise 3.2")
 
 
 # %% tags=["check"]
 check("ex3_2")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 3.2</summary>
+#
+# ```python
+# mean_square = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+# return x * jax.lax.rsqrt(mean_square + eps) * (1 + scale)
+# ```
+#
+# </details>
 
 # %% [markdown]
 # Whatever comes in, what goes out has a root-mean-square of 1 (with `scale` zero),
@@ -279,14 +289,27 @@ def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_00
     Returns:
       float[B, T, N, H] rotated, same dtype as `x`.
     """
-    # Hint: build the angles as float32[B, T, 1, H/2] (positions[:, :, None, None]
-    # times H/2 frequencies), rotate first = x[..., :H/2] and second = x[..., H/2:],
-    # and concatenate the two rotated halves; cast back with .astype(x.dtype).
+    # Hint: channel i of the first half and channel i of the second half are the two coordinates of
+    # one point, turned by its own angle (position times frequency i, the same for every head). A
+    # 2-d rotation turns (a, b) into (a cos - b sin, b cos + a sin). Compute in float32 and return
+    # the input's dtype.
     raise NotImplementedError("Exercise 3.3")
 
 
 # %% tags=["check"]
 check("ex3_3")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 3.3</summary>
+#
+# ```python
+# half = x.shape[-1] // 2
+# inv_freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
+# angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq  # [B, T, 1, H/2]
+# first, second = x[..., :half], x[..., half:]
+# ```
+#
+# </details>
 
 # %% [markdown]
 # Rotate the *same* query to every position `i` and the *same* key to every

@@ -157,13 +157,23 @@ def flatten_params(tree: Mapping, prefix: str = "") -> dict:
     Returns:
       dict {slash name: leaf}.
     """
-    # Hint: loop over tree.items(); the name of a child is f"{prefix}/{key}" (or just
-    # key when prefix is ""); recurse when the value is a Mapping, store it otherwise.
+    # Hint: the tree is nested, so the function calls itself: a child that is a Mapping is flattened
+    # with its own name as the prefix, anything else is a leaf stored under its name. Mind the first
+    # level, where there is no prefix to join.
     raise NotImplementedError("Exercise 4.1")
 
 
 # %% tags=["check"]
 check("ex4_1")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 4.1</summary>
+#
+# ```python
+# name = f"{prefix}/{key}" if prefix else key
+# ```
+#
+# </details>
 
 # %% [markdown]
 # ### Exercise 4.2: rebuild the tree
@@ -184,13 +194,27 @@ def unflatten_params(flat: Mapping) -> dict:
     Returns:
       The nested dict, leaves kept as they are.
     """
-    # Hint: for each name, *parents, leaf = name.split("/"); walk down from the root
-    # with node = node.setdefault(key, {}) for each parent, then node[leaf] = value.
+    # Hint: each name is a path: walk down from the root one key at a time, creating the dicts that
+    # do not exist yet, and put the value in the last one.
     raise NotImplementedError("Exercise 4.2")
 
 
 # %% tags=["check"]
 check("ex4_2")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 4.2</summary>
+#
+# ```python
+# for name, value in flat.items():
+#     *parents, leaf = name.split("/")
+#     node = tree
+#     for key in parents:
+#         node = node.setdefault(key, {})
+#     node[leaf] = value
+# ```
+#
+# </details>
 
 # %% [markdown]
 # Together they turn the file's flat arrays into the model's tree. Viewing the raw
@@ -385,14 +409,26 @@ def resample_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
     Raises:
       ValueError: N or M is not a square number.
     """
-    # Hint: reshape to [n, n, D]; along one axis, coords = np.linspace(0, n - 1, m),
-    # below = floor(coords), above = min(below + 1, n - 1), weight = coords - below;
-    # mix the rows below and above (np.take), then do the same along the other axis.
+    # Hint: with the corners aligned, new position k along an axis sits at old coordinate k * (n -
+    # 1) / (m - 1): mix the two old rows around it by the fractional part. The interpolation is
+    # separable, so resize one axis of the grid, then the other.
     raise NotImplementedError("Exercise 4.3")
 
 
 # %% tags=["check"]
 check("ex4_3")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 4.3</summary>
+#
+# ```python
+# coords = np.linspace(0, n - 1, m)
+# below = np.floor(coords).astype(int)
+# above = np.minimum(below + 1, n - 1)
+# weight = coords - below  # mix: take(grid, below) * (1 - w) + take(grid, above) * w
+# ```
+#
+# </details>
 
 # %% [markdown]
 # The tiny model's position embedding is a 3 x 3 grid (96 pixels, 32-pixel
@@ -452,13 +488,23 @@ def fsdp_axis(shape: Sequence[int], num_shards: int) -> int | None:
     Returns:
       The index of the dimension to split, or None.
     """
-    # Hint: keep the indices i with shape[i] % num_shards == 0, then pick the one with
-    # the largest shape[i]; max(..., key=...) with a key that also prefers small i.
+    # Hint: first the candidates (the dimensions that split evenly), then the best of them. What key
+    # makes a tie go to the earlier dimension?
     raise NotImplementedError("Exercise 4.4")
 
 
 # %% tags=["check"]
 check("ex4_4")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 4.4</summary>
+#
+# ```python
+# candidates = [i for i, size in enumerate(shape) if size % num_shards == 0]
+# return max(candidates, key=lambda i: (shape[i], -i), default=None)
+# ```
+#
+# </details>
 
 # %% [markdown]
 # `solutions.sharding.infer_param_specs` applies this rule to every parameter by

@@ -173,13 +173,25 @@ def resize_and_scale(pixels, size):
     Returns:
       float32[size, size, 3], values in [-1, 1]: 0 -> -1, full scale -> +1.
     """
-    # Hint: tf.image.resize(pixels, (size, size), method="bilinear", antialias=True).numpy(),
-    # then divide by half the full scale, subtract 1, np.clip to [-1, 1], astype(np.float32).
+    # Hint: resize as big_vision does (bilinear, antialiased) at the input's own scale, then map [0,
+    # full scale] linearly onto [-1, 1]; the full scale comes from the dtype. An antialiased resize
+    # can overshoot a little, so keep the result in range.
     raise NotImplementedError("Exercise 5.1")
 
 
 # %% tags=["check"]
 check("ex5_1")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 5.1</summary>
+#
+# ```python
+# resized = tf.image.resize(pixels, (size, size), method="bilinear", antialias=True).numpy()
+# half_scale = {np.uint8: 255, np.uint16: 65535, np.float32: 1.0}[pixels.dtype.type] / 2
+# return np.clip(resized / half_scale - 1, -1, 1).astype(np.float32)
+# ```
+#
+# </details>
 
 # %% [markdown]
 # ## 2. Odd images: what goes wrong without care
@@ -323,14 +335,24 @@ def preprocess_tokens(prefix, suffix=None, seqlen=None, *, tokenizer=None, stats
     Warns:
       TruncationWarning: the suffix was cut to fit seqlen.
     """
-    # Hint: build Python lists first (prompt ids, target ids, and the mask values for each),
-    # then cut/pad every list with `values[:seqlen] + [0] * (seqlen - len(values))` and
-    # np.asarray(..., np.int32). tokens_cut = max(0, natural length - seqlen).
+    # Hint: build the four sequences side by side as Python lists, one part at a time (the prompt,
+    # then the target), so they stay aligned; only at the very end cut or pad every one of them to
+    # seqlen.
     raise NotImplementedError("Exercise 5.2")
 
 
 # %% tags=["check"]
 check("ex5_2")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 5.2</summary>
+#
+# ```python
+# values = values[:seqlen] + [0] * (seqlen - len(values))  # for each of the four
+# tokens_cut = max(0, len(tokens) - seqlen)
+# ```
+#
+# </details>
 
 # %% [markdown]
 # Each token and its three masks, as a table: the prefix (with `[bos]` and `"\n"`) is neither
@@ -438,13 +460,25 @@ def postprocess_tokens(tokens, *, tokenizer=None):
     Returns:
       str: the text before the first EOS, padding left out.
     """
-    # Hint: np.asarray(tokens).tolist() gives plain ints; list.index(EOS_ID) finds the first
-    # EOS (guard the case where there is none), then tokenizer.decode(list_of_ids).
+    # Hint: whatever array comes in, turn it into plain Python ints; keep what comes before the
+    # first EOS (there may be none), leave the padding out, and let the tokenizer make the text.
     raise NotImplementedError("Exercise 5.3")
 
 
 # %% tags=["check"]
 check("ex5_3")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 5.3</summary>
+#
+# ```python
+# ids = np.asarray(tokens).tolist()
+# if EOS_ID in ids:
+#     ids = ids[: ids.index(EOS_ID)]
+# return tokenizer.decode([i for i in ids if i != PAD_ID])
+# ```
+#
+# </details>
 
 # %% [markdown]
 # A decoder's row for one picture, and the whole training row of section 3 with its prompt

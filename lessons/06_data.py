@@ -162,14 +162,28 @@ def parse_line(text, source, root):
       DataError: "<source>: <what is wrong>" for invalid JSON, a non-object, a missing or
         non-string field, or an image path outside root.
     """
-    # Hint: json.loads inside try/except json.JSONDecodeError, re-raised as DataError
-    # (`raise DataError(...) from None` hides the noisy chain). pathlib.Path.is_relative_to
-    # tells whether the resolved image path is inside root.
+    # Hint: check in the order things can go wrong: is it JSON, is it an object, is each required
+    # field a string, and does the image path, once resolved (`..` and links followed), stay inside
+    # root. Every error starts with `source`.
     raise NotImplementedError("Exercise 6.1")
 
 
 # %% tags=["check"]
 check("ex6_1")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 6.1</summary>
+#
+# ```python
+# try:
+#     record = json.loads(text)
+# except json.JSONDecodeError as err:
+#     raise DataError(f"{source}: not valid JSON ({err.msg})") from None  # no noisy chain
+# image_path = (root / record["image"]).resolve()
+# inside = image_path.is_relative_to(root)
+# ```
+#
+# </details>
 
 # %% [markdown]
 # The same bad lines, through `parse_line`:
@@ -226,14 +240,26 @@ def read_jsonl(path, *, root=None, on_error="raise", stats=None):
       FileNotFoundError: path is not a file.
       DataError: a bad line (with on_error="raise"), or no usable example in the file.
     """
-    # Hint: `with path.open(encoding="utf-8") as lines:` and
-    # `for number, text in enumerate(lines, start=1):`; call parse_line inside try/except
-    # DataError. str(error).split(": ", 1)[-1] is the message without its source.
+    # Hint: number the lines as you read them, from 1, so that every error can say where it is; let
+    # parse_line judge each line, and let on_error decide whether its DataError stops everything or
+    # is counted and skipped.
     raise NotImplementedError("Exercise 6.2")
 
 
 # %% tags=["check"]
 check("ex6_2")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 6.2</summary>
+#
+# ```python
+# with path.open(encoding="utf-8") as lines:
+#     for number, text in enumerate(lines, start=1):
+#         ...  # parse_line(text, f"{path.name}:{number}", root) in try/except DataError
+# reason = str(error).split(": ", 1)[-1]  # the message without its source
+# ```
+#
+# </details>
 
 # %% [markdown]
 # A copy of the training file with two lines broken, read both ways:
@@ -269,9 +295,9 @@ print(f"warning: {caught[0].message}" if caught else "no warning")
 #
 # ### Exercise 6.3: shuffled epochs
 #
-# Yield one permutation of `0..num_examples-1` per epoch, forever. Create one
-# `np.random.default_rng(seed)` before the loop and draw each epoch's order from it: creating
-# it inside the loop would repeat the same order every epoch.
+# Yield one permutation of `0..num_examples-1` per epoch, forever, drawn with NumPy's seeded
+# generator `np.random.default_rng(seed)`. Two things must hold at once: each epoch gets a new
+# order, and the same seed replays the same stream of orders.
 
 
 # %% tags=["exercise"]
@@ -282,15 +308,26 @@ def shuffled_epochs(num_examples, seed=0):
       num_examples: N, the size of the split.
       seed: the shuffle's seed; the same seed gives the same orders.
     Yields:
-      int64[N], a permutation of 0..N-1, once per epoch (np.random.default_rng(seed),
-      created once, then .permutation(N) per epoch).
+      int64[N], a permutation of 0..N-1, once per epoch, each epoch in a new order.
     """
-    # Hint: a generator function: create rng, then `while True: yield rng.permutation(...)`.
+    # Hint: the function never returns: it is a generator whose loop has no end. Where you create
+    # the random generator decides whether the second epoch differs from the first.
     raise NotImplementedError("Exercise 6.3")
 
 
 # %% tags=["check"]
 check("ex6_3")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 6.3</summary>
+#
+# ```python
+# rng = np.random.default_rng(seed)
+# while True:
+#     yield rng.permutation(num_examples)
+# ```
+#
+# </details>
 
 # %% [markdown]
 # Four epochs of 16 examples: each row holds every example once, each in another order.
@@ -369,14 +406,24 @@ def batches(examples, batch_size, *, drop_remainder=True):
     Raises:
       ValueError: batch_size < 1 (when iteration starts).
     """
-    # Hint: a generator; collect examples in a list, yield a stacked dict each time it holds
-    # batch_size of them. np.stack([e[k] for e in chunk]) for each key k whose value is an
-    # np.ndarray.
+    # Hint: keep a buffer of examples; each time it holds batch_size of them, turn it into one dict
+    # of stacked arrays and start a new buffer. What happens to a short buffer at the end is
+    # drop_remainder's choice.
     raise NotImplementedError("Exercise 6.4")
 
 
 # %% tags=["check"]
 check("ex6_4")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 6.4</summary>
+#
+# ```python
+# keys = [k for k, v in chunk[0].items() if isinstance(v, np.ndarray)]
+# yield {k: np.stack([example[k] for example in chunk]) for k in keys}
+# ```
+#
+# </details>
 
 # %% [markdown]
 # One training batch of 8 and its shapes:

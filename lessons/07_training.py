@@ -152,13 +152,23 @@ def trainable_mask(params, strategy: str = "attn"):
     Raises:
       ValueError: for an unknown strategy, naming the known ones.
     """
-    # Hint: tree_map_with_names(lambda name, leaf: ..., params) gives each leaf's name;
-    # str.startswith accepts a tuple of prefixes.
+    # Hint: every leaf needs its slash-joined name, which `tree_map_with_names` hands over with the
+    # leaf; the rest is a question about how a string starts.
     raise NotImplementedError("Exercise 7.1")
 
 
 # %% tags=["check"]
 check("ex7_1")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 7.1</summary>
+#
+# ```python
+# prefixes = STRATEGIES[strategy]
+# return tree_map_with_names(lambda name, leaf: name.startswith(prefixes), params)
+# ```
+#
+# </details>
 
 # %% [markdown]
 # How much of a real PaliGemma is that? `param_shapes` builds the 3B model's parameter tree as
@@ -224,13 +234,25 @@ def loss_fn(params, batch, *, model) -> jax.Array:
       float32[] scalar: for each example, the mean of -log p(text[:, t+1]) over the positions
       where mask_loss[:, t+1] is 1 (0 when there is none); then the mean over examples.
     """
-    # Hint: run the model on text[:, :-1] and mask_ar[:, :-1]; jax.nn.log_softmax, then
-    # jnp.take_along_axis(logp, text[:, 1:, None], axis=-1) picks each target's log-probability.
+    # Hint: inputs and targets are the same tokens shifted by one: the model reads all but the last,
+    # and is scored on all but the first, the loss mask shifted like the targets. Pick each target's
+    # log-probability without building a one-hot over the vocabulary.
     raise NotImplementedError("Exercise 7.2")
 
 
 # %% tags=["check"]
 check("ex7_2")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 7.2</summary>
+#
+# ```python
+# logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+# target_logp = jnp.take_along_axis(logp, text[:, 1:, None], axis=-1)[..., 0]
+# counted = batch["mask_loss"][:, 1:]
+# ```
+#
+# </details>
 
 # %% [markdown]
 # Before any training, how does the model do on this batch? A model that knew nothing and
@@ -344,13 +366,23 @@ def warmup_steps(total_steps: int, warmup_fraction: float = 0.1) -> int:
     Raises:
       ValueError: warmup_fraction outside [0, 1].
     """
-    # Hint: Python's round(6.5) is 6 (halves go to the even neighbour), which is what we want;
-    # then max(1, ...) unless the product itself is 0.
+    # Hint: three cases: a fraction outside [0, 1], a product of exactly 0 (no warm-up at all), and
+    # everything else, which Python's `round` rounds but never below 1.
     raise NotImplementedError("Exercise 7.3")
 
 
 # %% tags=["check"]
 check("ex7_3")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 7.3</summary>
+#
+# ```python
+# steps = warmup_fraction * total_steps
+# return max(1, round(steps)) if steps else 0
+# ```
+#
+# </details>
 
 # %% [markdown]
 # ### Exercise 7.4: the cosine schedule
@@ -377,13 +409,27 @@ def cosine_schedule(
     Raises:
       ValueError: when total_steps <= W, leaving no steps to decay over.
     """
-    # Hint: build it with jnp.clip, jnp.cos and jnp.minimum on jnp.asarray(step, jnp.float32);
-    # total_steps, base_lr and W are plain Python numbers, so `if W:` is fine.
+    # Hint: only `step` can be a traced array: everything computed from it needs jax.numpy (no
+    # Python min or max, no math.cos), while W, total_steps and base_lr are plain numbers that an
+    # `if` may test.
     raise NotImplementedError("Exercise 7.4")
 
 
 # %% tags=["check"]
 check("ex7_4")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 7.4</summary>
+#
+# ```python
+# step = jnp.asarray(step, jnp.float32)
+# progress = jnp.clip((step - warmup) / (total_steps - warmup), 0.0, 1.0)
+# lr = base_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+# if warmup:
+#     lr = lr * jnp.minimum(1.0, step / warmup)
+# ```
+#
+# </details>
 
 # %% [markdown]
 # The notebook counts its steps from 1 and passes `total_steps = steps + 1`, so the last step
@@ -518,9 +564,11 @@ for ax, prompt, old, new in zip(axes, val_prompts, captions_before, captions_aft
 plt.show()
 
 # %% [markdown]
-# Forty steps is a short run. The notebook fine-tunes the 3B model for 64 steps of 8 examples
-# (512 examples seen), and so does the capstone by default. Run longer, or change the learning
-# rate, and compare the curves.
+# 256 steps of 8 examples is still a short run: 2,048 examples seen, each training image about
+# 23 times. It is also exactly what the capstone runs by default on the tiny model, 256 SGD
+# steps at 0.3. For a real checkpoint the capstone takes the notebook's recipe instead: 64 steps
+# of 8 examples (512 examples seen) at 0.03. Run longer, or change the learning rate, and
+# compare the curves.
 #
 # ## The same recipe as a command
 #
@@ -536,7 +584,7 @@ plt.show()
 #   notebook's fine-tune of the released checkpoint, on a GPU.
 #
 # ```
-# python -m capstone.finetune --steps 64 --out runs/mine
+# python -m capstone.finetune --out runs/mine        # the tiny model: 256 steps at 0.3
 # ```
 #
 # ## What you built

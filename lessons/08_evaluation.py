@@ -386,13 +386,23 @@ def keep_top_k(logits: jax.Array, k: int) -> jax.Array:
       float32[B, V]: `logits` with every entry below its row's k-th highest
       set to -inf (entries tied with the k-th highest stay).
     """
-    # Hint: jax.lax.top_k(logits, k)[0][:, -1:] is each row's k-th highest value, shaped to
-    # broadcast; jnp.where(logits < it, -jnp.inf, logits). It runs inside jit: no numpy.
+    # Hint: find each row's k-th highest value, shaped as a column that broadcasts against its row,
+    # and hide everything below it. It runs inside jit: jax.numpy and jax.lax only.
     raise NotImplementedError("Exercise 8.1")
 
 
 # %% tags=["check"]
 check("ex8_1")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 8.1</summary>
+#
+# ```python
+# kth = jax.lax.top_k(logits, min(k, logits.shape[-1]))[0][:, -1:]
+# return jnp.where(logits < kth, -jnp.inf, logits)
+# ```
+#
+# </details>
 
 # %% [markdown]
 # **Nucleus (top-p)** sampling adapts the cut to the distribution: rank the tokens from the most
@@ -550,13 +560,22 @@ def tokenize_caption(text: str) -> list[str]:
     Returns:
       Its words, in order; [] when it has none.
     """
-    # Hint: re.sub(r"[^\w\s]", "", text.lower()) deletes the marks; str.split() with no argument
-    # splits on any run of whitespace and drops empty strings.
+    # Hint: two steps: delete every character that is neither a word character nor whitespace (a
+    # regular expression with a negated class), then split on runs of whitespace.
     raise NotImplementedError("Exercise 8.3")
 
 
 # %% tags=["check"]
 check("ex8_3")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 8.3</summary>
+#
+# ```python
+# re.sub(r"[^\w\s]", "", text.lower()).split()
+# ```
+#
+# </details>
 
 # %% [markdown]
 # ### Exercise 8.4: n-gram counts
@@ -577,12 +596,23 @@ def ngram_counts(tokens: Sequence[str], n: int = 4) -> list[Counter]:
     Returns:
       n `Counter`s; an order longer than the caption is an empty Counter.
     """
-    # Hint: Counter(tuple(tokens[i : i + k]) for i in range(len(tokens) - k + 1)) for each k.
+    # Hint: an n-gram of order k is a window of k consecutive words, kept as a tuple so that it can
+    # be counted; slide the window over the caption once per order. A caption shorter than k has no
+    # such window.
     raise NotImplementedError("Exercise 8.4")
 
 
 # %% tags=["check"]
 check("ex8_4")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 8.4</summary>
+#
+# ```python
+# Counter(tuple(tokens[i : i + k]) for i in range(len(tokens) - k + 1))  # order k
+# ```
+#
+# </details>
 
 # %% [markdown]
 # How rare is an n-gram? Its **document frequency** df is the number of examples whose

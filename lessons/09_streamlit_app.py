@@ -451,14 +451,23 @@ def latest_run_checkpoint(runs):
       The pathlib.Path of the checkpoint with the newest modification time, or None when no
       run has saved one.
     """
-    # Hint: Path.glob takes a pattern one folder deep ("*/..."), and finds nothing in a
-    # missing folder; path.stat().st_mtime is a file's modification time; max() takes a key=
-    # and a default= for when there is nothing to compare.
+    # Hint: one glob pattern finds every run's checkpoint, and a missing folder simply finds none;
+    # the newest is the maximum by modification time, and nothing found is None, not an error.
     raise NotImplementedError("Exercise 9.2")
 
 
 # %% tags=["check"]
 check("ex9_2")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 9.2</summary>
+#
+# ```python
+# found = runs.glob("*/checkpoint.npz")
+# return max(found, key=lambda path: path.stat().st_mtime, default=None)
+# ```
+#
+# </details>
 
 # %% [markdown]
 # Two pretend runs, each holding a copy of the tiny weights, written an hour apart. The newer
@@ -590,9 +599,8 @@ def captions_csv(rows):
       and a file name or caption starting with "=", "+", "-", "@", a tab or a carriage
       return gets an apostrophe in front.
     """
-    # Hint: csv.writer on an io.StringIO does the quoting; writerow(CaptionRow._fields), then
-    # one writerow per row; finish with buffer.getvalue().encode(). For the formulas:
-    # text.startswith(("=", "+", "-", "@", "\t", "\r")) takes a tuple.
+    # Hint: let the csv module do the quoting: it writes to any file-like object, one in memory too.
+    # Defuse a formula before its field is written.
     raise NotImplementedError("Exercise 9.4")
 
 
@@ -605,13 +613,28 @@ def captions_jsonl(rows):
       bytes: one JSON object per row and per line, {"file_name", "caption", "seconds"} with
       the seconds rounded to 3 decimals, each line ending in "\\n"; b"" for no rows.
     """
-    # Hint: json.dumps({...}, ensure_ascii=False) per row (row._asdict() gives the keys);
-    # json escapes a newline inside a caption, so each object stays on one line.
+    # Hint: one JSON object per row, each on its own line with a newline at its end; JSON escapes a
+    # newline inside a caption, so an object never spans two lines. Keep letters beyond ASCII as
+    # they are.
     raise NotImplementedError("Exercise 9.4")
 
 
 # %% tags=["check"]
 check("ex9_4")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 9.4</summary>
+#
+# ```python
+# buffer = io.StringIO()
+# writer = csv.writer(buffer)
+# writer.writerow(CaptionRow._fields)
+# defused = "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
+#
+# line = json.dumps({**row._asdict(), "seconds": round(row.seconds, 3)}, ensure_ascii=False)
+# ```
+#
+# </details>
 
 # %% [markdown]
 # The table of section 4, plus two rows a careless writer would get wrong:

@@ -16,6 +16,11 @@ holding the exercise functions (the learner's, or the reference ones from
 Failure messages teach: `expect_equal`, `expect_close`, `expect_true` and
 `expect_raises` raise an `AssertionError` that says what was checked, what was
 expected, what came back, and a hint.
+
+Verdicts tell the truth about where the work is: an exercise that calls an
+unfinished one names that one (`unfinished_exercise`), and `check()` and the
+scoreboard say which of the two lesson files pytest grades and where the other
+one holds a different version of an exercise (`version_notes`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 LESSONS_DIR = ROOT / "lessons"
 STRICT_ENV = "COURSE_STRICT_CHECKS"  # set to 1: a failing check cell raises (lesson runs in CI)
 EXERCISE_ID = re.compile(r"^ex(\d+)_(\d+)$")
+# What every stub raises: NotImplementedError("Exercise 7.3").
+STUB_MESSAGE = re.compile(r"Exercise (\d+)\.(\d+)")
 
 
 class LessonError(Exception):
@@ -147,6 +154,97 @@ def load_impl(number: int, modules: Iterable[str], impl: str) -> types.SimpleNam
     raise ValueError(f"impl={impl!r}: use 'lessons' or 'solutions'")
 
 
+# ----------------------------------------------------------------------------- which file counts
+
+
+def _shown(path: pathlib.Path) -> str:
+    """`path` relative to the course root when it is inside it (what a learner recognises)."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def graded_file_note(number: int) -> str:
+    """The file pytest grades for lesson `number`, and why, e.g.
+    "lessons/07_training.ipynb (saved after 07_training.py)"."""
+    py, ipynb = lesson_paths(number)
+    graded = lesson_source(number)
+    if graded == ipynb:
+        return f"{_shown(ipynb)} (saved after {py.name})"
+    if ipynb.exists():
+        return f"{_shown(py)} ({ipynb.name} is not newer)"
+    return _shown(py)
+
+
+def exercise_sources(number: int, path: pathlib.Path) -> dict[str, str]:
+    """Exercise label ("7.3") -> source of its cell; the k-th exercise cell is exercise N.k."""
+    sources = [source for kind, source in graded_cells(path) if kind == "exercise"]
+    return {f"{number}.{k}": source for k, source in enumerate(sources, start=1)}
+
+
+def _is_stub(source: str, label: str) -> bool:
+    return f'raise NotImplementedError("Exercise {label}")' in source
+
+
+def _same_code(a: str | None, b: str | None) -> bool:
+    """Equal up to trailing spaces and blank lines, which a notebook round trip may change."""
+
+    def lines(source):
+        return None if source is None else [line.rstrip() for line in source.strip().splitlines()]
+
+    return lines(a) == lines(b)
+
+
+def version_notes(number: int, labels: Iterable[str] | None = None) -> list[str]:
+    """Warnings for the exercises (all, or `labels` such as "7.3") whose cell differs between
+    lesson `number`'s `.py` and `.ipynb`, saying which file is graded and what that means.
+
+    Only the newer file is graded, so work saved in the other one silently does not count:
+    these lines are how a learner finds out.
+    """
+    py, ipynb = lesson_paths(number)
+    if not ipynb.exists():
+        return []
+    graded = lesson_source(number)
+    other = ipynb if graded == py else py
+    try:
+        ours, theirs = exercise_sources(number, graded), exercise_sources(number, other)
+    except LessonError:
+        return []  # an unreadable file is reported when it is loaded
+    wanted = set(ours) | set(theirs) if labels is None else set(labels)
+    kinds: dict[str, list[str]] = {"lost": [], "stub": [], "differs": []}
+    for label in sorted(wanted, key=lambda text: tuple(map(int, text.split(".")))):
+        mine, elsewhere = ours.get(label), theirs.get(label)
+        if _same_code(mine, elsewhere):
+            continue
+        if mine is None or _is_stub(mine, label):
+            kinds["lost"].append(label)
+        elif elsewhere is None or _is_stub(elsewhere, label):
+            kinds["stub"].append(label)
+        else:
+            kinds["differs"].append(label)
+    why = f"only {graded.name} is graded (it was saved last)"
+    notes = []
+    if kinds["lost"]:
+        notes.append(
+            f"⚠ your work on exercise {', '.join(kinds['lost'])} is in {other.name}, which is not "
+            f"graded: {why} and holds the stub. Copy your code into {graded.name}, or save "
+            f"{other.name} after it."
+        )
+    if kinds["differs"]:
+        notes.append(
+            f"⚠ {other.name} holds a different version of exercise {', '.join(kinds['differs'])}"
+            f": {why}, so that version does not count."
+        )
+    if kinds["stub"]:
+        notes.append(
+            f"ℹ {other.name} still holds the stub of exercise {', '.join(kinds['stub'])}: "
+            f"{why}, so keep working there."
+        )
+    return notes
+
+
 # ----------------------------------------------------------------------------- graded tests
 
 
@@ -172,6 +270,32 @@ def parse_exercise_id(exercise: str) -> tuple[int, int]:
     if not match:
         raise ValueError(f"exercise id {exercise!r}: use the form 'ex5_1' (lesson 5, exercise 1)")
     return int(match[1]), int(match[2])
+
+
+def unfinished_exercise(error: BaseException) -> str | None:
+    """The exercise whose untouched stub raised `error` ("7.3"), read from the message every
+    stub raises, `NotImplementedError("Exercise 7.3")`; None for any other error.
+
+    A test of 7.4 can meet 7.3's stub when the learner's 7.4 calls 7.3: the verdict must
+    then name 7.3, not send the learner back to a 7.4 that is already written.
+    """
+    if not isinstance(error, NotImplementedError):
+        return None
+    match = STUB_MESSAGE.fullmatch(str(error).strip())
+    return f"{match[1]}.{match[2]}" if match else None
+
+
+def unfinished_message(label: str, missing: str, then: str) -> str:
+    """What to do when exercise `label`'s test met the stub of exercise `missing`."""
+    if missing == label:
+        return (
+            f"Exercise {label} is not done yet: replace the `raise NotImplementedError(...)` "
+            f"with your code, {then}"
+        )
+    return (
+        f"Exercise {label} uses exercise {missing}, which is not done yet: finish {missing} "
+        f"first, {then}"
+    )
 
 
 def run_test(fn: Callable, impl: Any) -> None:
@@ -200,35 +324,56 @@ def check(exercise: str, namespace: dict | None = None) -> None:
 
 
 def verdict(exercise: str, namespace: dict) -> bool:
-    """What `check` prints; returns True when every graded test of `exercise` passes."""
+    """What `check` prints; returns True when every graded test of `exercise` passes.
+
+    The verdict counts the checks that pass, names the exercise whose stub stopped them (this
+    one, or an earlier one it calls), and ends with the file pytest grades for this lesson.
+    """
     lesson, number = parse_exercise_id(exercise)
+    label = f"{lesson}.{number}"
     impl = types.SimpleNamespace(**namespace)
     tests = exercise_tests(exercise)
     if not tests:
         raise LessonError(f"no graded tests named test_{exercise}_* in tests/lessons")
-    failures = []
+    passed, failures, missing = 0, [], None
     for fn in tests:
         what = fn.__name__.removeprefix(f"test_{exercise}_").replace("_", " ")
         try:
             run_test(fn, impl)
-        except NotImplementedError:
-            print(
-                f"⏳ Exercise {lesson}.{number} is not done yet: replace the "
-                "`raise NotImplementedError(...)` with your code, run that cell, then this one."
-            )
-            _maybe_raise(f"exercise {lesson}.{number} is not implemented")
-            return False
+        except NotImplementedError as err:
+            missing = unfinished_exercise(err)
+            if missing is not None:  # a stub: nothing after it can pass either
+                break
+            failures.append(f"✗ {what}: your code raised NotImplementedError: {err}")
         except AssertionError as err:
             failures.append(f"✗ {what}: {err}")
         except Exception as err:  # the learner's code crashed: show it as feedback
             failures.append(f"✗ {what}: your code raised {type(err).__name__}: {err}")
-    if failures:
-        print(f"❌ Exercise {lesson}.{number}: {len(failures)} of {len(tests)} checks fail")
+        else:
+            passed += 1
+    if missing is not None:
+        then = "run that cell, then this one." if missing == label else "then run this check again."
+        print(f"⏳ {unfinished_message(label, missing, then)}")
+    elif failures:
+        print(f"❌ Exercise {label}: {passed}/{len(tests)} checks pass")
         print("\n".join(failures))
+    else:
+        print(f"✅ Exercise {label}: all {len(tests)} checks pass")
+    for line in _file_lines(lesson, label):
+        print(line)
+    if missing is not None:
+        _maybe_raise(f"exercise {missing} is not implemented")
+    elif failures:
         _maybe_raise("\n".join(failures))
-        return False
-    print(f"✅ Exercise {lesson}.{number}: all {len(tests)} checks pass")
-    return True
+    return missing is None and not failures
+
+
+def _file_lines(lesson: int, label: str) -> list[str]:
+    """The graded file of `lesson`, and a warning when the other file holds another `label`."""
+    try:
+        return [f"📄 pytest grades {graded_file_note(lesson)}", *version_notes(lesson, [label])]
+    except LessonError:  # no lesson file to point at (a namespace graded on its own)
+        return []
 
 
 def _maybe_raise(message: str) -> None:

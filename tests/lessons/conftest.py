@@ -7,6 +7,8 @@ learner's lesson (default) or the reference.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests import grading
@@ -33,14 +35,25 @@ def impl(request):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Short reports for learners: an unfinished exercise is one line, a wrong answer is the
-    teaching message (expected, got, hint) rather than a traceback into the test."""
+    """Short reports for learners: an unfinished exercise is one line that names it (the test's
+    own, or an earlier one its code calls), a wrong answer is the teaching message (expected,
+    got, hint) rather than a traceback into the test. The scoreboard reads which stub a test
+    met from the report's `unfinished` property."""
     outcome = yield
     report = outcome.get_result()
     if call.excinfo is None or not report.failed or not hasattr(item.module, "LESSON"):
         return
     error = call.excinfo.value
-    if isinstance(error, NotImplementedError):
-        report.longrepr = f"{error} is not done yet: write its code in the lesson, then grade again"
+    missing = grading.unfinished_exercise(error)
+    label = _exercise_label(item.name)
+    if missing is not None and label is not None:
+        report.user_properties.append(("unfinished", missing))
+        report.longrepr = grading.unfinished_message(label, missing, "then grade again.")
     elif isinstance(error, AssertionError):
         report.longrepr = f"{item.name}:\n  {error}"
+
+
+def _exercise_label(test_name: str) -> str | None:
+    """ "test_ex7_4_runs_inside_jit" -> "7.4"."""
+    match = re.match(r"test_ex(\d+)_(\d+)_", test_name)
+    return f"{match[1]}.{match[2]}" if match else None

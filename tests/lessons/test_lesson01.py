@@ -1,10 +1,15 @@
 """Graded checks for lesson 1 (the environment): one test per behaviour, named test_ex1_K_<what>."""
 
+import builtins
+import contextlib
+import io
 import json
 import os
+import pathlib
 import stat
 import types
 from collections import Counter
+from unittest import mock
 
 import jax
 import pytest
@@ -203,6 +208,60 @@ def test_ex1_4_only_the_owner_can_read_it(impl, tmp_path):
             oct(0o600),
             what="mode of kaggle.json",
             hint="create the file with os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)",
+        )
+
+
+@contextlib.contextmanager
+def modes_at_opening(folder):
+    """Within the block, records (file name, mode) for every file inside `folder` at the moment
+    it is opened for writing, whichever call opens it (`open`, `Path.open`/`write_text`,
+    `os.open`), under the usual umask 0o022: a file made readable by others, even for an
+    instant before a chmod, is caught with the mode it was born with."""
+    folder = pathlib.Path(folder).resolve()
+    real_open, real_os_open = builtins.open, os.open
+    seen = []
+
+    def record(name, fd):
+        path = pathlib.Path(os.path.abspath(os.fsdecode(name)))
+        if path.is_relative_to(folder):
+            seen.append((path.name, stat.S_IMODE(os.fstat(fd).st_mode)))
+
+    def os_open(name, flags, *args, **kwargs):
+        fd = real_os_open(name, flags, *args, **kwargs)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and isinstance(name, str | os.PathLike):
+            record(name, fd)
+        return fd
+
+    def any_open(file, mode="r", *args, **kwargs):
+        opened = real_open(file, mode, *args, **kwargs)
+        if set(mode) & set("wax+") and isinstance(file, str | os.PathLike):
+            record(file, opened.fileno())
+        return opened
+
+    old_umask = os.umask(0o022)
+    try:
+        with (
+            mock.patch.object(os, "open", os_open),
+            mock.patch.object(builtins, "open", any_open),
+            mock.patch.object(io, "open", any_open),
+        ):
+            yield seen
+    finally:
+        os.umask(old_umask)
+
+
+def test_ex1_4_is_never_readable_by_others_not_even_briefly(impl, tmp_path):
+    folder = tmp_path / ".kaggle"
+    with modes_at_opening(tmp_path) as seen:
+        impl.write_kaggle_json(folder, "learner", "0123abcd")
+    if os.name == "posix":
+        loose = [f"{name} ({stat.filemode(mode)})" for name, mode in seen if mode & 0o077]
+        expect_equal(
+            loose,
+            [],
+            what="files others could read at the moment they were opened to write the key",
+            hint="a chmod after writing comes too late: create the file with its final mode, "
+            "os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), then os.replace it",
         )
 
 

@@ -4,6 +4,8 @@ import contextlib
 import hashlib
 import os
 import pathlib
+import tracemalloc
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -112,6 +114,34 @@ def test_ex2_2_files_larger_than_a_chunk(impl, tmp_path):
     )
 
 
+def test_ex2_2_memory_stays_small_for_a_big_file(impl, tmp_path):
+    size = 12 * 2**20
+    (tmp_path / "big.bin").write_bytes(bytes(range(256)) * (size // 256))
+    tracing = tracemalloc.is_tracing()  # already on under `python -X tracemalloc`
+    if not tracing:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        got = impl.sha256_file(tmp_path / "big.bin")
+        peak_mib = (tracemalloc.get_traced_memory()[1] - before) / 2**20
+    finally:
+        if not tracing:
+            tracemalloc.stop()
+    expect_equal(
+        got,
+        hashlib.sha256(bytes(range(256)) * (size // 256)).hexdigest(),
+        what="SHA-256 of a 12 MiB file",
+        hint="update the digest with every chunk",
+    )
+    expect_true(
+        peak_mib < 3,
+        what=f"memory while hashing a 12 MiB file stays under 3 MiB (it peaked at {peak_mib:.1f})",
+        hint="a checkpoint is gigabytes: never hold the whole file, read a fixed-size chunk "
+        "(1 MiB) at a time in a loop until read returns no bytes",
+    )
+
+
 # ----------------------------------------------------------------------------- 2.3 write_atomic
 
 
@@ -164,6 +194,48 @@ def test_ex2_3_a_failed_write_keeps_the_old_file(impl, tmp_path):
         sorted(os.listdir(tmp_path)),
         ["data.txt"],
         what="files left after a failed write",
+        hint="remove the temporary file in a `finally:` block",
+    )
+
+
+def test_ex2_3_the_target_changes_only_by_a_rename(impl, tmp_path):
+    """The writer dies just before it renames (the power goes): the old file must be whole."""
+    path = tmp_path / "data.txt"
+    path.write_text("old")
+    renames = []
+
+    def power_cut(source, target, *args, **kwargs):
+        renames.append((pathlib.Path(source), pathlib.Path(target).resolve()))
+        raise OSError("the power went out before the rename")
+
+    with mock.patch.object(os, "replace", power_cut), mock.patch.object(os, "rename", power_cut):
+        try:
+            impl.write_atomic(path, "new content")
+        except OSError:
+            pass
+    expect_true(
+        renames and renames[0][1] == path.resolve(),
+        what="the new content reaches the target by a rename onto it (os.replace)",
+        hint="writing straight into the target leaves it half-written if the program dies "
+        "midway: write a temporary file, then os.replace it onto the target",
+    )
+    expect_equal(
+        renames[0][0].parent.resolve(),
+        path.parent.resolve(),
+        what="folder of the temporary file",
+        hint="a rename is atomic only within one file system: put the temporary file in the "
+        "target's own folder",
+    )
+    expect_equal(
+        path.read_text(),
+        "old",
+        what="content of the target when the rename never happened",
+        hint="nothing may touch the target before the rename",
+    )
+    expect_equal(
+        sorted(os.listdir(tmp_path)),
+        ["data.txt"],
+        what="files left after the failed rename",
         hint="remove the temporary file in a `finally:` block",
     )
 

@@ -175,12 +175,24 @@ def test_ex7_2_an_example_without_suffix_counts_zero(impl):
     params, batch = tiny_params(), make_batch([5, 4, 6])
     batch["mask_loss"][1] = 0  # nothing to learn in the second example
     got = jitted_loss(impl.loss_fn)(params, batch)
+    if np.isfinite(np.asarray(got, np.float64)).all():
+        # A finite but wrong loss is not a division by zero: most often the shift is off by
+        # one, which the first check of 7.2 names; here only the empty example is new.
+        hint = (
+            "the example without counted tokens adds 0, and the mean is still over all 3 "
+            "examples; if the check of the per-example mean fails too, fix that first (targets "
+            "text[:, 1:], counted where mask_loss[:, 1:] is 1)"
+        )
+    else:
+        hint = (
+            "an example without counted tokens divides 0 by 0: divide each example's sum by "
+            "max(its token count, 1), so that it adds 0"
+        )
     expect_close(
         got,
         np.float32(numpy_example_losses(params, batch)[[0, 2]].sum() / 3),
         what="loss when the second example has no counted token",
-        hint="divide each example's sum by max(its token count, 1), so an empty one adds 0 "
-        "instead of 0 / 0 = NaN",
+        hint=hint,
         atol=1e-4,
         rtol=1e-4,
     )
