@@ -77,7 +77,12 @@ class CheckpointMismatchError(ValueError):
 
 
 class NonFiniteParamsError(ValueError):
-    """The checkpoint holds NaN or inf values: the weights of a run that diverged."""
+    """The checkpoint holds NaN or inf values: the weights of a run that diverged.
+    `.name` is the first parameter (by name) that holds some."""
+
+    def __init__(self, message: str, *, name: str):
+        super().__init__(message)
+        self.name = name
 
 
 # -- trees <-> flat slash names ------------------------------------------------
@@ -285,7 +290,8 @@ def _check_finite(flat: dict, file: pathlib.Path) -> None:
         f"{file}: parameter {bad[0]!r} holds {count:,} NaN or inf values of {first.size:,}"
         f"{others}: these are the weights of a run that diverged. Load an earlier checkpoint "
         "(a fine-tune only ever saves finite ones), or load this one anyway with "
-        "allow_nonfinite=True (capstone.finetune: --allow-nonfinite-weights)."
+        "allow_nonfinite=True (capstone.finetune: --allow-nonfinite-weights).",
+        name=bad[0],
     )
 
 
