@@ -46,7 +46,7 @@ class ArgumentParser(argparse.ArgumentParser):
         self.add_argument(DEBUG_FLAG, action="store_true", help=argparse.SUPPRESS)
 
     def error(self, message: str):
-        self.exit(USER_ERROR_EXIT, f"{self.prog}: error: {message} (--help lists the flags)\n")
+        self.exit(USER_ERROR_EXIT, f"{self.prog}: error: {message}\n")
 
 
 def command(main: Callable[[list[str]], int]) -> Callable[[list[str] | None], int]:
