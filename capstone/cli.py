@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Callable
 
@@ -49,9 +50,14 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(USER_ERROR_EXIT, f"{self.prog}: error: {message}\n")
 
 
+def _prog() -> str:
+    return os.path.basename(sys.argv[0])  # as argparse names the command in its errors
+
+
 def command(main: Callable[[list[str]], int]) -> Callable[[list[str] | None], int]:
     """Wraps a command's `main(argv) -> exit code`: the course's errors become one line
-    `error: <message>` on stderr and exit code 2, Ctrl-C becomes `interrupted` and 130;
+    `<command>: error: <message>` on stderr and exit code 2, as argparse prints a bad flag;
+    Ctrl-C becomes `<command>: interrupted` and exit code 130;
     with `--debug` in argv they propagate with their traceback."""
 
     @functools.wraps(main)
@@ -62,12 +68,12 @@ def command(main: Callable[[list[str]], int]) -> Callable[[list[str] | None], in
         except USER_ERRORS as error:
             if DEBUG_FLAG in argv:
                 raise
-            print(f"error: {error}", file=sys.stderr)
+            print(f"{_prog()}: error: {error}", file=sys.stderr)
             return USER_ERROR_EXIT
         except KeyboardInterrupt:
             if DEBUG_FLAG in argv:
                 raise
-            print("interrupted", file=sys.stderr)
+            print(f"{_prog()}: interrupted", file=sys.stderr)
             return INTERRUPTED_EXIT
 
     return run

@@ -508,15 +508,15 @@ def _check_seqlen(args) -> None:
     else:
         tokenizer_path = None
     if tokenizer_path is None or not tokenizer_path.is_file():
-        least, why = 4, "BOS, a prompt, the separator and one caption token"
+        least, why = 4, "BOS, a prompt, the separator and a caption token need as many"
     else:
         tokenizer = load_tokenizer(tokenizer_path)
         prompt = len(preprocess_tokens(PROMPT, tokenizer=tokenizer)[0])
         least = prompt + 1
-        why = f"the prompt {PROMPT!r} takes {prompt} tokens (with BOS and the separator), and "
+        why = f"the prompt {PROMPT!r} takes {prompt} tokens with BOS and the separator, and "
         why += "a caption at least one more"
     if args.seqlen < least:
-        raise ValueError(f"--seqlen must be at least {least} ({why}), not {args.seqlen}")
+        raise ValueError(f"--seqlen must be at least {least}, not {args.seqlen}: {why}")
 
 
 def _check_data_folder(root: pathlib.Path) -> None:

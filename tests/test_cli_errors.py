@@ -102,7 +102,7 @@ def refused(command, argv, capsys, *expected) -> str:
     line = captured.err.strip()
     assert "\n" not in line, captured.err
     assert "Traceback" not in captured.err and "Traceback" not in captured.out
-    assert line.startswith("error: ") or ": error: " in line, line  # ours, or argparse's
+    assert line.startswith(f"{os.path.basename(sys.argv[0])}: error: "), line
     for part in expected:
         assert part in line, (part, line)
     return line
