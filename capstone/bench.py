@@ -19,7 +19,6 @@ timed repeats. The last line is JSON with `train_examples_per_s` and
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -31,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from capstone import cli
 from solutions.configs import BENCH_CONFIG, BENCH_RESOLUTION
 from solutions.evaluate import decode
 from solutions.model import Model, init_params
@@ -166,8 +166,9 @@ def bench_transformers(params, inputs: dict, repeats: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@cli.command
+def main(argv: list[str]) -> int:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--vs-transformers",
         action="store_true",
@@ -175,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=10, help="timed repeats per figure")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, not {args.repeats}")
 
     params = jax.device_get(init_params(Model(**BENCH_CONFIG), BENCH_RESOLUTION))
     inputs = make_inputs()

@@ -28,28 +28,34 @@ import dataclasses
 import html
 import io
 import json
+import math
+import os
 import pathlib
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from capstone import pretrain
+from capstone import cli, pretrain
 from solutions import data, scenes
+from solutions.configs import UnknownCheckpointError, get_checkpoint
+from solutions.downloads import LONGCAP100_SPLITS, TOKENIZER_FILENAME
 from solutions.evaluate import make_predictions
-from solutions.files import write_atomic
+from solutions.files import remove_stale_temporaries, write_atomic
 from solutions.metrics import caption_report
 from solutions.model import Model, param_shapes
 from solutions.params import load_params, save_params
-from solutions.preprocess import postprocess_tokens
+from solutions.preprocess import postprocess_tokens, preprocess_tokens
 from solutions.tokenizer import load_tokenizer
 from solutions.train import (
     NonFiniteLossError,
     cast_params,
     cosine_schedule,
     make_update_fn,
+    split_params,
     trainable_mask,
 )
 
@@ -57,6 +63,7 @@ ASSETS = pathlib.Path(__file__).resolve().parent / "assets" / "tiny"
 DEFAULT_DATA = pathlib.Path("runs") / "scenes-longcap"
 NOTEBOOK_RECIPE = (64, 0.03)  # (steps, SGD learning rate) of the reference notebook
 TINY_RECIPE = (256, 0.3)  # the shipped tiny model's: measured best within 3 CPU minutes
+PROMPT = "caption en"  # the prefix of every line of the scenes dataset and of longcap100
 
 
 @dataclasses.dataclass
@@ -82,7 +89,7 @@ class Run:
     out: pathlib.Path
 
 
-def load_tiny(assets: pathlib.Path = ASSETS):
+def load_tiny(assets: pathlib.Path = ASSETS, *, allow_nonfinite: bool = False):
     """The shipped model: (Model, resolution, params as numpy, tokenizer)."""
     card_path = assets / "config.json"
     if not card_path.exists():
@@ -90,22 +97,34 @@ def load_tiny(assets: pathlib.Path = ASSETS):
             f"{card_path} is missing: the shipped model lives in capstone/assets/tiny "
             "(rebuild it with `python -m capstone.pretrain`)."
         )
-    card = json.loads(card_path.read_text())
-    model = Model(**card["config"])
-    params = load_params(assets / "params.npz", like=param_shapes(model, card["resolution"]))
-    return model, card["resolution"], params, load_tokenizer(assets / "tokenizer.model")
+    try:
+        card = json.loads(card_path.read_text())
+        config, resolution = card["config"], card["resolution"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{card_path} is not the model card `python -m capstone.pretrain` writes "
+            f"({type(err).__name__}: {err}); restore it from git, or rebuild the model."
+        ) from None
+    model = Model(**config)
+    params = load_params(
+        assets / "params.npz",
+        like=param_shapes(model, resolution),
+        allow_nonfinite=allow_nonfinite,
+    )
+    return model, resolution, params, load_tokenizer(assets / "tokenizer.model")
 
 
-def load_real(name: str, checkpoint: str):
+def load_real(name: str, checkpoint: str, *, allow_nonfinite: bool = False):
     """A released PaliGemma: (Model, resolution, params, tokenizer)."""
     from capstone.memory import with_remat
     from solutions import downloads
-    from solutions.configs import get_checkpoint
 
     info = get_checkpoint(name)
     path = downloads.download_checkpoint(info) if checkpoint == "kaggle" else checkpoint
     model = Model(**with_remat(info.config))  # as planned by capstone.memory: fits a 16 GB T4
-    params = load_params(path, like=param_shapes(model, info.resolution))
+    params = load_params(
+        path, like=param_shapes(model, info.resolution), allow_nonfinite=allow_nonfinite
+    )
     tokenizer = load_tokenizer(downloads.download_tokenizer(pathlib.Path(path).parent))
     return model, info.resolution, params, tokenizer
 
@@ -213,8 +232,23 @@ def _save(out: pathlib.Path, params, step: int) -> None:
     write_atomic(out / "state.json", json.dumps({"step": step}))
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """bool[]: whether every value of every leaf is finite. Compiled, the checks fuse into
+    one reduction per leaf: no boolean copy of the parameters is ever made."""
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
 def train(run: Run, args, first_step: int) -> tuple[dict, list[float], str]:
-    """The notebook's loop; returns (params, losses, how it ended)."""
+    """The notebook's loop; returns (params, losses, how it ended).
+
+    The run folder only ever receives finite parameters. A step whose loss is
+    NaN or inf keeps its inputs (see `make_update_fn`), and those are saved.
+    But an update can also turn the parameters NaN or inf while its own loss
+    was finite (a learning rate far too high); the next save or stop then
+    finds them so, saves nothing, and the returned params are the last finite
+    ones: the folder's checkpoint, or the run's starting parameters.
+    """
     trainable = trainable_mask(run.params, args.trainable)
     params = cast_params(run.params, trainable, frozen_dtype=jnp.bfloat16)
     update_fn = make_update_fn(run.model, trainable)
@@ -228,7 +262,8 @@ def train(run: Run, args, first_step: int) -> tuple[dict, list[float], str]:
         ),
         args.batch_size,
     )
-    losses, ended = [], "finished"
+    losses, ended, stopped = [], "finished", False
+    saved = first_step - 1  # the step whose parameters the run folder holds (0: none)
     bar = tqdm(
         range(first_step, args.steps + 1),
         desc="fine-tuning",
@@ -237,9 +272,14 @@ def train(run: Run, args, first_step: int) -> tuple[dict, list[float], str]:
         total=args.steps,
     )
     step = first_step - 1
+
+    def finite(params) -> bool:
+        return bool(_all_finite(split_params(params, trainable)[0]))  # frozen ones never change
+
     try:
         for step in bar:
-            lr = cosine_schedule(step, total_steps=args.steps, base_lr=args.learning_rate)
+            # The notebook's total of steps + 1: its last step still learns a little.
+            lr = cosine_schedule(step, total_steps=args.steps + 1, base_lr=args.learning_rate)
             params, loss = update_fn(params, next(stream), lr)
             loss = float(loss)
             if not np.isfinite(loss):
@@ -247,15 +287,43 @@ def train(run: Run, args, first_step: int) -> tuple[dict, list[float], str]:
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{float(lr):.3g}")
             if step % args.save_every == 0:
+                if not finite(params):
+                    ended, stopped = f"stopped at step {step} (learning rate {float(lr):.3g})", True
+                    break
                 _save(run.out, params, step)
+                saved = step
     except KeyboardInterrupt:
         ended = f"interrupted at step {step}"
         step -= 1  # that step's update did not complete
     except NonFiniteLossError as err:
-        ended = f"stopped: {err}"
-        params, step = err.state, err.step - 1
-    _save(run.out, params, max(step, first_step - 1))
-    return params, losses, ended
+        ended = f"stopped: Loss is {err.loss} at step {err.step} "
+        ended += f"(learning rate {err.learning_rate:.3g})"
+        stopped, params, step = True, err.state, err.step - 1
+    if finite(params):
+        if step > saved:
+            _save(run.out, params, step)
+            saved = step
+        if stopped:
+            ended += (
+                f"; that update was skipped, and the run folder keeps step {saved}. Lower "
+                "--learning-rate (halve it, say) or check that batch for bad values"
+            )
+        return params, losses, ended
+    params, kept = _last_finite_params(run, saved, first_step)
+    ended += f"; an update had turned the parameters NaN or inf, so {kept}"
+    return params, losses, ended + ". Lower --learning-rate (halve it, say)"
+
+
+def _last_finite_params(run: Run, saved: int, first_step: int) -> tuple[dict, str]:
+    """(params, where they are kept) when the trained ones are NaN or inf: the checkpoint
+    this run saved last, or else the parameters it started from."""
+    if saved == first_step - 1:
+        if saved:
+            return run.params, f"the run folder keeps step {saved}, the one it resumed from"
+        return run.params, "nothing is saved: the only finite parameters are the starting ones"
+    shapes = param_shapes(run.model, run.resolution)
+    params = load_params(run.out / "checkpoint.npz", like=shapes)
+    return params, f"the run folder keeps step {saved}, its last finite parameters"
 
 
 def write_loss_curve(losses: list[float], path: pathlib.Path) -> None:
@@ -324,7 +392,9 @@ def write_report(run: Run, captions: dict, metrics: dict, path: pathlib.Path) ->
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """The command line as a Namespace; flags that cannot work are refused here, before any
+    work (one line and exit code 2), each naming the flag and what it accepts."""
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--model", default="tiny", help="'tiny' (shipped) or a real name, e.g. paligemma-3b-pt-224"
     )
@@ -362,36 +432,182 @@ def parse_args(argv):
     )
     p.add_argument("--out", type=pathlib.Path, default=None, help="run folder")
     p.add_argument("--resume", type=pathlib.Path, default=None, help="run folder to continue")
+    # For experts studying a diverged run; documented in docs/troubleshooting.md.
+    p.add_argument("--allow-nonfinite-weights", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.num_val < 1:
-        p.error(f"--num-val must be at least 1, not {args.num_val}")
     # The notebook's 64 steps at 0.03 move a 3B model; the tiny one, whose words and attention
     # are far from long captions, needs more and bigger steps of the same SGD.
     steps, learning_rate = TINY_RECIPE if args.model == "tiny" else NOTEBOOK_RECIPE
     args.steps = steps if args.steps is None else args.steps
     args.learning_rate = learning_rate if args.learning_rate is None else args.learning_rate
+    if args.out is None:
+        args.out = args.resume or pathlib.Path("runs") / time.strftime("finetune-%Y%m%d-%H%M%S")
+    try:
+        check_args(args)
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def check_args(args) -> None:
+    """Raises ValueError, naming the flag and what it accepts, for a setting that would fail
+    later (after minutes of loading, or at the last step) or quietly mislead."""
+    for flag, value, least in (
+        ("--steps", args.steps, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--num-val", args.num_val, 1),
+        ("--max-decode-len", args.max_decode_len, 1),
+        ("--save-every", args.save_every, 1),
+        ("--seed", args.seed, 0),  # numpy's generators take no negative seed
+    ):
+        if value < least:
+            raise ValueError(f"{flag} must be at least {least}, not {value}")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate >= 0):
+        raise ValueError(
+            "--learning-rate must be a finite number of at least 0 (the notebook's is 0.03), "
+            f"not {args.learning_rate}"
+        )
+    _check_model(args)
+    _check_seqlen(args)
+    if args.data is not None:
+        _check_data_folder(pathlib.Path(args.data))
+    if args.resume is not None:
+        if args.out != args.resume:
+            raise ValueError(
+                f"--out {args.out} and --resume {args.resume} name two folders; a resumed run "
+                "stays in its own folder, so drop --out"
+            )
+        done = _resumable_step(args.resume)
+        if args.steps < done:
+            raise ValueError(
+                f"--steps {args.steps} is fewer than the {done} steps {args.resume} has done; "
+                f"--steps is the total to reach, so pass at least {done}"
+            )
+    _check_writable_folder(args.out)
+
+
+def _check_model(args) -> None:
+    if args.model == "tiny":
+        if args.checkpoint is not None:
+            raise ValueError(
+                "--checkpoint is for a real --model; the tiny model's weights are in --assets"
+            )
+        return
+    try:
+        get_checkpoint(args.model)
+    except UnknownCheckpointError as err:
+        raise ValueError(f"--model: {err} Or 'tiny', the shipped model.") from None
+    if args.checkpoint is None:
+        raise ValueError(
+            f"--model {args.model} needs --checkpoint: the path of its .npz, or 'kaggle' to "
+            "download it"
+        )
+    if args.checkpoint != "kaggle" and not pathlib.Path(args.checkpoint).is_file():
+        raise ValueError(f"--checkpoint {args.checkpoint}: no such file; or pass 'kaggle'")
+
+
+def _check_seqlen(args) -> None:
+    """--seqlen must hold the prompt and one caption token; the prompt is counted with the
+    tokenizer when it is on disk already (the tiny model's, or one beside --checkpoint)."""
+    if args.model == "tiny":
+        tokenizer_path = args.assets / "tokenizer.model"
+    elif args.checkpoint != "kaggle":
+        tokenizer_path = pathlib.Path(args.checkpoint).parent / TOKENIZER_FILENAME
+    else:
+        tokenizer_path = None
+    if tokenizer_path is None or not tokenizer_path.is_file():
+        least, why = 4, "BOS, a prompt, the separator and a caption token need as many"
+    else:
+        tokenizer = load_tokenizer(tokenizer_path)
+        prompt = len(preprocess_tokens(PROMPT, tokenizer=tokenizer)[0])
+        least = prompt + 1
+        why = f"the prompt {PROMPT!r} takes {prompt} tokens with BOS and the separator, and "
+        why += "a caption at least one more"
+    if args.seqlen < least:
+        raise ValueError(f"--seqlen must be at least {least}, not {args.seqlen}: {why}")
+
+
+def _check_data_folder(root: pathlib.Path) -> None:
+    """A missing folder is fine (longcap100 is downloaded into it); one that exists must be a
+    longcap100-style folder."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise ValueError(f"--data {root} is a file; give a longcap100-style folder")
+    missing = [name for name in LONGCAP100_SPLITS if not (root / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"--data {root} has no {' and no '.join(missing)}: a longcap100-style folder holds "
+            f"{' and '.join(LONGCAP100_SPLITS)} and their images. To download longcap100 instead, "
+            "name a folder that does not exist yet"
+        )
+
+
+def _resumable_step(folder: pathlib.Path) -> int:
+    """The step a run folder's state.json says checkpoint.npz holds, checked."""
+    if not folder.is_dir():
+        raise ValueError(f"--resume {folder}: no such run folder")
+    state_path, checkpoint = folder / "state.json", folder / "checkpoint.npz"
+    if not state_path.is_file():
+        raise ValueError(
+            f"--resume {folder}: it has no state.json, so it is not a run folder, or its run "
+            "stopped before its first save; start a new run with --out"
+        )
+    fix = (
+        'it should read {"step": N}, N the step checkpoint.npz holds: write that, or start a '
+        "new run with --out"
+    )
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{state_path} is damaged ({err}); {fix}") from None
+    step = state.get("step") if isinstance(state, dict) else None
+    if type(step) is not int or step < 0:  # bool is an int too, and no step count
+        raise ValueError(f"{state_path} holds {json.dumps(state)[:80]}; {fix}")
+    if not checkpoint.is_file():
+        raise ValueError(
+            f"--resume {folder}: state.json names step {step} but checkpoint.npz is missing; "
+            "start a new run with --out"
+        )
+    return step
+
+
+def _check_writable_folder(folder: pathlib.Path) -> None:
+    """--out must be a folder, or a path where one can be made, that this user can write."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file; name a folder (it is made if missing)")
+    existing = next(path for path in (folder, *folder.absolute().parents) if path.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out {folder}: {existing} is a file, so no folder can be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {folder}: {existing} is not writable; choose another folder")
+
+
+@cli.command
+def main(argv: list[str]) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    out = args.resume or args.out or pathlib.Path("runs") / time.strftime("finetune-%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
+    out = args.out  # made by its first write: a run that fails before one leaves no folder
+    train_set, evals = prepare_data(args.data, args.on_error, args.num_val)  # fails fastest
     if args.model == "tiny":
-        model, resolution, params, tokenizer = load_tiny(args.assets)
+        loaded = load_tiny(args.assets, allow_nonfinite=args.allow_nonfinite_weights)
     else:
-        if args.checkpoint is None:
-            raise SystemExit("--model of a real PaliGemma needs --checkpoint PATH or 'kaggle'")
-        model, resolution, params, tokenizer = load_real(args.model, args.checkpoint)
-    train_set, evals = prepare_data(args.data, args.on_error, args.num_val)
+        loaded = load_real(
+            args.model, args.checkpoint, allow_nonfinite=args.allow_nonfinite_weights
+        )
+    model, resolution, params, tokenizer = loaded
     run = Run(model, resolution, params, tokenizer, train_set, evals, out)
 
     first_step = 1
     if args.resume:
-        state = json.loads((out / "state.json").read_text())
-        run.params = load_params(out / "checkpoint.npz", like=param_shapes(model, resolution))
-        first_step = state["step"] + 1
+        for name in ("checkpoint.npz", "state.json"):
+            remove_stale_temporaries(out / name)  # of writes killed in the run resumed
+        first_step = _resumable_step(out) + 1
+        run.params = load_params(
+            out / "checkpoint.npz",
+            like=param_shapes(model, resolution),
+            allow_nonfinite=args.allow_nonfinite_weights,
+        )
         print(f"Resuming {out} from step {first_step}")
 
     decode = (args.seqlen, args.max_decode_len, 10)

@@ -14,14 +14,14 @@ fuses differently, so treat them as a close estimate, not a promise.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import jax
 import jax.numpy as jnp
 
-from solutions.configs import CHECKPOINTS, get_checkpoint
+from capstone import cli
+from solutions.configs import CHECKPOINTS, UnknownCheckpointError, get_checkpoint
 from solutions.model import Model, param_shapes
 from solutions.train import make_update_fn, trainable_mask
 
@@ -132,9 +132,12 @@ def _print_report(name: str, args, report: dict) -> None:
         print(f"  {accelerator:40s} {verdict}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="paligemma-3b-pt-224", choices=sorted(CHECKPOINTS))
+@cli.command
+def main(argv: list[str]) -> int:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", default="paligemma-3b-pt-224", help=f"one of {', '.join(sorted(CHECKPOINTS))}"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seqlen", type=int, default=128)
     parser.add_argument("--trainable", default="attn", choices=["attn", "llm", "all"])
@@ -144,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print only the JSON report")
     args = parser.parse_args(argv)
-
-    checkpoint = get_checkpoint(args.model)
+    try:
+        checkpoint = get_checkpoint(args.model)
+    except UnknownCheckpointError as err:
+        parser.error(f"--model: {err}")
     report = training_step_memory(
         checkpoint.config,
         checkpoint.resolution,

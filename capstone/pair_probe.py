@@ -21,7 +21,6 @@ them and the failure lies in heads trained on restricted pairs.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import pathlib
@@ -33,7 +32,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from capstone import finetune, pretrain
+from capstone import cli, finetune, pretrain
 from capstone.pretrain_vision import OBJECT_WEIGHT, PATCH_LABELS, stack_targets
 from solutions import scenes
 from solutions.model import Model
@@ -152,8 +151,9 @@ def probe(assets: pathlib.Path, num_train: int, num_test: int, steps: int, seed:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@cli.command
+def main(argv: list[str]) -> int:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--assets", type=pathlib.Path, default=finetune.ASSETS)
     parser.add_argument("--num-train", type=int, default=3000, help="scenes per read-out")
     parser.add_argument("--num-test", type=int, default=400, help="test scenes scored")

@@ -42,7 +42,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from capstone import pretrain_vision
+from capstone import cli, pretrain_vision
 from solutions import scenes
 from solutions.evaluate import decode
 from solutions.files import write_atomic
@@ -550,8 +550,9 @@ def settings_from_args(args: argparse.Namespace, settings_class):
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@cli.command
+def main(argv: list[str]) -> int:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=pathlib.Path, default=ASSETS)
     add_settings_flags(parser, Settings)
     parser.add_argument(

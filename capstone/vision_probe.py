@@ -18,7 +18,6 @@ accuracy on the training images and on unseen ones, so a change to the tower
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -30,7 +29,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from capstone import pretrain
+from capstone import cli, pretrain
 from solutions import scenes
 from solutions.model import Model, init_params
 from solutions.train import cosine_schedule
@@ -145,8 +144,9 @@ def probe(settings: ProbeSettings) -> list[dict]:
     return history
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@cli.command
+def main(argv: list[str]) -> int:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     pretrain.add_settings_flags(parser, ProbeSettings)
     settings = pretrain.settings_from_args(parser.parse_args(argv), ProbeSettings)
     history = probe(settings)

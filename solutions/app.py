@@ -36,7 +36,7 @@ from capstone.finetune import ASSETS, load_real, load_tiny
 from solutions import scenes
 from solutions.evaluate import Sampler, decode
 from solutions.model import count_params, param_shapes
-from solutions.params import load_params
+from solutions.params import NonFiniteParamsError, load_params
 from solutions.preprocess import (
     MAX_IMAGE_PIXELS,
     postprocess_tokens,
@@ -418,6 +418,12 @@ def _load_real_checked(source: ModelSource):
 def _load_checkpoint_into(path: pathlib.Path, model, resolution: int, architecture: str) -> dict:
     try:
         return load_params(path, like=param_shapes(model, resolution))
+    except NonFiniteParamsError as error:  # it would caption every image with ""
+        raise ModelSourceError(
+            f"{path} holds NaN or inf weights (the first in {error.name!r}): a fine-tune that "
+            "diverged saved it, and it would caption every image with nothing. Pick an earlier "
+            "run, or fine-tune again with a lower --learning-rate."
+        ) from None
     except ValueError as error:  # damaged, not an .npz, or another model's tree
         raise ModelSourceError(
             f"{path} cannot be loaded into the {architecture} model: {error} If it was "

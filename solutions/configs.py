@@ -8,6 +8,7 @@ checkpoint lives on Kaggle and the image resolution it was trained at.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 
 PALIGEMMA_VOCAB_SIZE = 257_152  # 256,000 word pieces + 1,024 <loc> + 128 <seg>
 
@@ -91,11 +92,22 @@ BENCH_CONFIG = {
 BENCH_RESOLUTION = 112
 
 
+class UnknownCheckpointError(KeyError, ValueError):
+    """No real checkpoint has this name. A KeyError (a failed look-up) and a ValueError
+    (a bad value given by the user), printed as its message without KeyError's quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def get_checkpoint(name: str) -> Checkpoint:
-    """Looks a real checkpoint up by name, with a helpful error."""
+    """Looks a real checkpoint up by name; an unknown name raises `UnknownCheckpointError`
+    listing the known ones and the closest."""
     try:
         return CHECKPOINTS[name]
     except KeyError:
-        raise KeyError(
-            f"Unknown checkpoint {name!r}; known: {', '.join(sorted(CHECKPOINTS))}"
+        closest = difflib.get_close_matches(name, CHECKPOINTS, n=1, cutoff=0.5)
+        guess = f"; did you mean {closest[0]!r}?" if closest else "."
+        raise UnknownCheckpointError(
+            f"Unknown checkpoint {name!r}; known: {', '.join(sorted(CHECKPOINTS))}{guess}"
         ) from None

@@ -31,7 +31,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from solutions.preprocess import TruncationStats, preprocess_image, preprocess_tokens
+from solutions.preprocess import (
+    MAX_IMAGE_PIXELS,
+    TruncationStats,
+    preprocess_image,
+    preprocess_tokens,
+)
 
 REQUIRED_FIELDS = ("image", "prefix", "suffix")
 
@@ -92,9 +97,11 @@ def parse_line(text: str, source: str, root: pathlib.Path) -> Example:
     Returns:
       The Example, with `image_path` absolute.
     Raises:
-      DataError: "<source>: <what is wrong>" for invalid JSON, a non-object, a
-        missing or non-string field, or an image path outside `root`.
+      DataError: "<source>: <what is wrong>" for bytes that are not UTF-8,
+        invalid JSON, a non-object, a missing or non-string field, or an image
+        path outside `root`.
     """
+    _check_utf8(text, source)
     try:
         record = json.loads(text)
     except json.JSONDecodeError as err:
@@ -120,6 +127,17 @@ def parse_line(text: str, source: str, root: pathlib.Path) -> Example:
     return Example(image_path, record["prefix"], record["suffix"], source, extra)
 
 
+def _check_utf8(text: str, source: str) -> None:
+    """Refuses a line that `read_jsonl` decoded with "surrogateescape": each byte that is
+    not UTF-8 became a lone surrogate U+DC80..U+DCFF, which no real text holds."""
+    for column, char in enumerate(text, start=1):
+        if "\udc80" <= char <= "\udcff":
+            raise DataError(
+                f"{source}: not UTF-8 text (byte 0x{ord(char) - 0xDC00:02x} at column {column}); "
+                "save the file as UTF-8"
+            )
+
+
 def read_jsonl(
     path: str | pathlib.Path,
     *,
@@ -136,7 +154,8 @@ def read_jsonl(
         lines out (counted in `stats` and in a warning).
       stats: where to count, if given.
     Returns:
-      The examples, in file order. Blank lines are ignored.
+      The examples, in file order. Blank lines are ignored, and so is a UTF-8
+      byte order mark at the start (some Windows editors write one).
     """
     _check_on_error(on_error)
     path = pathlib.Path(path)
@@ -145,7 +164,9 @@ def read_jsonl(
     root = pathlib.Path(root or path.parent).resolve()
     stats = stats if stats is not None else DataStats()
     examples = []
-    with path.open(encoding="utf-8") as lines:
+    # A byte that is not UTF-8 must not stop the whole file with a UnicodeDecodeError that
+    # names no line: "surrogateescape" keeps it, and parse_line reports it with its line.
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as lines:
         for number, text in enumerate(lines, start=1):
             if not text.strip():
                 continue
@@ -169,33 +190,54 @@ def _reason(err: DataError) -> str:
     return message.split(" (")[0].split(";")[0]
 
 
-def load_image(example: Example) -> Image.Image:
-    """Opens an example's image fully, or raises DataError naming its line."""
+def load_image(example: Example, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Opens an example's image fully, or raises DataError naming its line.
+
+    An image of more than `max_pixels` pixels is refused from its header, before
+    its pixels are decoded (see `solutions.preprocess.MAX_IMAGE_PIXELS`).
+    """
+    where = f"{example.source}: image {example.image_path}"
     try:
-        with Image.open(example.image_path) as image:
-            image.load()
-            return image.copy()
+        # This function enforces its own limit, below Pillow's: no need for Pillow's warning.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(example.image_path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise DataError(
+                        f"{where} has {width}x{height} = {width * height:,} pixels, over the "
+                        f"limit of {max_pixels:,}; downscale it"
+                    )
+                image.load()
+                return image.copy()
     except FileNotFoundError:
-        raise DataError(f"{example.source}: image {example.image_path} does not exist") from None
+        raise DataError(f"{where} does not exist") from None
+    except Image.DecompressionBombError as err:  # Pillow's own guard, in the header
+        raise DataError(f"{where} is too large to decode safely ({err}); downscale it") from None
     except (OSError, SyntaxError) as err:
-        raise DataError(
-            f"{example.source}: image {example.image_path} is not a readable image ({err})"
-        ) from None
+        raise DataError(f"{where} is not a readable image ({err})") from None
 
 
 def _model_inputs(
-    example, image, *, tokenizer, seqlen, image_size, with_suffix, truncation, lowercase
-):
+    example, *, tokenizer, seqlen, image_size, with_suffix, truncation, lowercase
+) -> dict[str, np.ndarray]:
+    """The example's image and text as model inputs; a DataError naming its line if either
+    cannot be made (an unreadable image, a prefix longer than `seqlen`, ...)."""
+    image = load_image(example)
     suffix = example.suffix.lower() if lowercase else example.suffix
-    tokens, mask_ar, mask_loss, mask_input = preprocess_tokens(
-        example.prefix,
-        suffix if with_suffix else None,
-        seqlen,
-        tokenizer=tokenizer,
-        stats=truncation,
-    )
+    try:
+        tokens, mask_ar, mask_loss, mask_input = preprocess_tokens(
+            example.prefix,
+            suffix if with_suffix else None,
+            seqlen,
+            tokenizer=tokenizer,
+            stats=truncation,
+        )
+        pixels = preprocess_image(image, image_size)
+    except ValueError as err:
+        raise DataError(f"{example.source}: {err}") from None
     return {
-        "image": preprocess_image(image, image_size),
+        "image": pixels,
         "text": tokens,
         "mask_ar": mask_ar,
         "mask_loss": mask_loss,
@@ -203,15 +245,17 @@ def _model_inputs(
     }
 
 
-def _usable(examples, on_error: str, stats: DataStats) -> Iterator[tuple[Example, Image.Image]]:
-    """Yields (example, image), skipping (and counting) unreadable images if asked."""
+def _usable(examples, on_error: str, stats: DataStats, **inputs_options) -> Iterator[tuple]:
+    """Yields (example, its `_model_inputs`), skipping (and counting) unusable ones if asked."""
     for example in examples:
         try:
-            yield example, load_image(example)
+            inputs = _model_inputs(example, **inputs_options)
         except DataError as err:
             if on_error == "raise":
                 raise
             stats.skipped[_reason(err)] += 1
+            continue
+        yield example, inputs
 
 
 def shuffled_epochs(num_examples: int, seed: int = 0) -> Iterator[np.ndarray]:
@@ -255,18 +299,19 @@ def train_examples(
     stats = stats if stats is not None else DataStats()
     for order in shuffled_epochs(len(examples), seed):
         produced = 0
-        for example, image in _usable((examples[i] for i in order), on_error, stats):
+        for _, inputs in _usable(
+            (examples[i] for i in order),
+            on_error,
+            stats,
+            tokenizer=tokenizer,
+            seqlen=seqlen,
+            image_size=image_size,
+            with_suffix=True,
+            truncation=truncation,
+            lowercase=lowercase,
+        ):
             produced += 1
-            yield _model_inputs(
-                example,
-                image,
-                tokenizer=tokenizer,
-                seqlen=seqlen,
-                image_size=image_size,
-                with_suffix=True,
-                truncation=truncation,
-                lowercase=lowercase,
-            )
+            yield inputs
         if not produced:
             raise DataError(f"no readable example in this split ({stats})")
 
@@ -288,17 +333,17 @@ def validation_examples(
     """
     _check_on_error(on_error)
     stats = stats if stats is not None else DataStats()
-    for example, image in _usable(examples, on_error, stats):
-        inputs = _model_inputs(
-            example,
-            image,
-            tokenizer=tokenizer,
-            seqlen=seqlen,
-            image_size=image_size,
-            with_suffix=False,
-            truncation=None,
-            lowercase=lowercase,
-        )
+    for example, inputs in _usable(
+        examples,
+        on_error,
+        stats,
+        tokenizer=tokenizer,
+        seqlen=seqlen,
+        image_size=image_size,
+        with_suffix=False,
+        truncation=None,
+        lowercase=lowercase,
+    ):
         caption = example.suffix.lower() if lowercase else example.suffix
         yield {**inputs, "caption": caption, "example": example}
 

@@ -516,7 +516,9 @@ def download_longcap100(dest_dir: str | os.PathLike) -> pathlib.Path:
     to the bucket, so after this it is relative to `dest_dir`, which is what
     `solutions.data.read_jsonl` expects. Each file is written atomically, and
     files already present are kept: a run cut short resumes where it stopped,
-    and a finished folder needs no network.
+    and a finished folder needs no network. A first attempt that fetches
+    nothing (no network, say) leaves no empty folder behind, so a missing
+    folder still means "not downloaded yet".
 
     Args:
       dest_dir: the dataset folder (created if missing).
@@ -527,6 +529,16 @@ def download_longcap100(dest_dir: str | os.PathLike) -> pathlib.Path:
         command that copies the bucket by hand) or a jsonl line is unusable.
     """
     root = pathlib.Path(dest_dir)
+    created = not root.exists()
+    try:
+        _download_longcap100_into(root)
+    finally:
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+    return root
+
+
+def _download_longcap100_into(root: pathlib.Path) -> None:
     by_hand = f"copy the bucket with `gsutil -m cp -n '{LONGCAP100_GCS}/*' {root}/`"
     for split in LONGCAP100_SPLITS:
         if not (root / split).is_file():
@@ -536,7 +548,6 @@ def download_longcap100(dest_dir: str | os.PathLike) -> pathlib.Path:
     for name in tqdm.tqdm(missing, desc="longcap100 images", unit="file"):
         url = LONGCAP100_URL + urllib.parse.quote(name)
         _fetch_url(url, root / name, by_hand=by_hand, progress=False)
-    return root
 
 
 def _image_names(root: pathlib.Path, split: str) -> list[str]:

@@ -65,6 +65,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 
 import flax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
@@ -624,6 +625,23 @@ def _short_names(state_dict: Mapping) -> dict[str, np.ndarray]:
     return tensors
 
 
+def _check_float_dtypes(tensors: Mapping[str, np.ndarray]) -> None:
+    """Refuses integer (or bool) weights: copied as they are, they would compute nonsense.
+
+    Quantized checkpoints (int8 with scales, 4-bit) store integers next to
+    other tensors that say how to read them; the course does not read those.
+    """
+    wrong = sorted(name for name, x in tensors.items() if not jnp.issubdtype(x.dtype, jnp.floating))
+    if wrong:
+        listed = ", ".join(f"{name} ({tensors[name].dtype})" for name in wrong[:5])
+        more = f" and {len(wrong) - 5} more" if len(wrong) > 5 else ""
+        raise HFConversionError(
+            f"Weights that are not floating point ({len(wrong)}): {listed}{more}. PaliGemma's "
+            "weights are float32, bfloat16 or float16; a quantized checkpoint must be "
+            "dequantized first (or use the unquantized release)."
+        )
+
+
 def _expected_shapes(d: _Dims) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for rule in _rules(d):
@@ -685,12 +703,14 @@ def import_hf_state_dict(state_dict: Mapping, hf_config, *, vocab_size: int | No
       tree of numpy arrays, in the checkpoint's dtypes.
     Raises:
       HFConversionError: listing every missing, unexpected or mis-shaped key,
-        or the config fields we cannot honour.
+        or the config fields we cannot honour; or weights that are not
+        floating point (integers of a quantized checkpoint).
     """
     config, resolution = from_hf_config(hf_config)
     dims = _dims(config, resolution)
     tensors = _short_names(state_dict)
     _check_tensors(tensors, dims)
+    _check_float_dtypes(tensors)
     flat = {}
     for rule in _rules(dims):
         if rule.depth:
@@ -716,21 +736,60 @@ def _trim_vocab(embedding: np.ndarray, vocab_size: int) -> np.ndarray:
     return embedding[:vocab_size]
 
 
-def _read_safetensors(folder: pathlib.Path) -> dict[str, np.ndarray]:
-    """Every tensor of a folder's *.safetensors files, following a shard index."""
+def _read_json(path: pathlib.Path, *, should_hold: str):
+    """A JSON file's content, or an HFConversionError naming the file and where it breaks."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise HFConversionError(
+            f"{path} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); "
+            f"it should hold {should_hold}. Download or export the folder again."
+        ) from None
+    except UnicodeDecodeError:
+        raise HFConversionError(
+            f"{path} is not UTF-8 text; it should hold {should_hold}."
+        ) from None
+
+
+def _shard_files(index: pathlib.Path) -> list[str]:
+    """The file names a `model.safetensors.index.json` maps weights to."""
+    content = _read_json(index, should_hold='{"weight_map": {tensor name: file name}}')
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise HFConversionError(
+            f'{index} has no "weight_map" of tensor names to file names; '
+            "download or export the folder again."
+        )
+    return sorted(set(weight_map.values()))
+
+
+def _load_safetensors_file(path: pathlib.Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the shard index of {path.parent} names it.")
+    try:
+        return load_file(path)
+    except SafetensorError as err:
+        raise HFConversionError(
+            f"{path} is not a readable safetensors file ({err}): it is truncated, e.g. by an "
+            "interrupted download, or damaged. Download or export it again."
+        ) from None
+
+
+def _read_safetensors(folder: pathlib.Path) -> dict[str, np.ndarray]:
+    """Every tensor of a folder's *.safetensors files, following a shard index."""
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        paths = [folder / name for name in files]
+        paths = [folder / name for name in _shard_files(index)]
     else:
         paths = sorted(folder.glob("*.safetensors"))
     if not paths:
         raise FileNotFoundError(f"No *.safetensors file in {folder}.")
     tensors = {}
     for path in paths:
-        for name, array in load_file(path).items():
+        for name, array in _load_safetensors_file(path).items():
             if name in tensors:
                 raise HFConversionError(f"{name!r} is in more than one file of {folder}.")
             tensors[name] = array
@@ -749,7 +808,12 @@ def import_hf(folder: str | os.PathLike, *, vocab_size: int | None = None):
         raise FileNotFoundError(
             f"{config_path} does not exist: is {folder} a transformers model folder?"
         )
-    hf_config = json.loads(config_path.read_text())
+    hf_config = _read_json(config_path, should_hold="a PaliGemmaConfig as a JSON object")
+    if not isinstance(hf_config, dict):
+        raise HFConversionError(
+            f"{config_path} holds a JSON {type(hf_config).__name__}, not the object of a "
+            "PaliGemmaConfig; download or export the folder again."
+        )
     return import_hf_state_dict(_read_safetensors(folder), hf_config, vocab_size=vocab_size)
 
 

@@ -35,11 +35,15 @@ import zipfile
 from collections.abc import Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from solutions.files import remove_stale_temporaries, temporary_path
+
 __all__ = [
     "CheckpointMismatchError",
+    "NonFiniteParamsError",
     "fit_to_model",
     "flatten_params",
     "grow_embedding",
@@ -63,9 +67,22 @@ NEW_ROWS_SEED = 0
 # How many names of each kind a mismatch error lists before "... and N more".
 _MAX_LISTED = 20
 
+# Values checked for NaN and inf at a time: bounds the temporary boolean array to 16 MB
+# while a 3B checkpoint is checked (its token embedding alone has 527M values).
+_FINITE_CHECK_CHUNK = 1 << 24
+
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's names or shapes do not fit the model's parameter tree."""
+
+
+class NonFiniteParamsError(ValueError):
+    """The checkpoint holds NaN or inf values: the weights of a run that diverged.
+    `.name` is the first parameter (by name) that holds some."""
+
+    def __init__(self, message: str, *, name: str):
+        super().__init__(message)
+        self.name = name
 
 
 # -- trees <-> flat slash names ------------------------------------------------
@@ -122,6 +139,9 @@ def save_params(params: Mapping, path: str | os.PathLike) -> None:
     written to a hidden temporary file next to `path` and then renamed over it,
     so a crash midway leaves any earlier file at `path` untouched.
 
+    Temporary files that an earlier, killed write of `path` left behind are
+    removed first.
+
     Args:
       params: nested dict of numpy or jax arrays (jax arrays are fetched to the
         host, also when sharded over several devices of this process).
@@ -130,7 +150,8 @@ def save_params(params: Mapping, path: str | os.PathLike) -> None:
     path = pathlib.Path(path)
     arrays = {name: np.asarray(jax.device_get(x)) for name, x in flatten_params(params).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_stale_temporaries(path)
+    temp_path = temporary_path(path)
     try:
         with open(temp_path, "wb") as f:
             np.savez(f, **arrays)
@@ -144,7 +165,9 @@ def save_params(params: Mapping, path: str | os.PathLike) -> None:
 # -- loading ---------------------------------------------------------------------
 
 
-def load_params(path: str | os.PathLike, *, like: Mapping | None = None) -> dict:
+def load_params(
+    path: str | os.PathLike, *, like: Mapping | None = None, allow_nonfinite: bool = False
+) -> dict:
     """Reads a big_vision `.npz` checkpoint into a nested dict of numpy arrays.
 
     Args:
@@ -158,18 +181,24 @@ def load_params(path: str | os.PathLike, *, like: Mapping | None = None) -> dict
         appended, see `grow_embedding`) and `img/pos_embedding` may have
         another number of tokens (resampled, see `resample_posemb`).
         Dtypes are left as stored: cast afterwards if the model wants others.
+      allow_nonfinite: load NaN and inf values too (to study a diverged run);
+        by default they raise `NonFiniteParamsError`.
     Returns:
       Nested dict of numpy arrays with big_vision's parameter names.
     Raises:
       FileNotFoundError: no such file.
       ValueError: the file is not a plain-array `.npz` (truncated, another
         format, or holding pickled objects), or the sub-tree does not exist.
+      NonFiniteParamsError: a parameter holds NaN or inf (the message names
+        the file and the first such parameter).
       CheckpointMismatchError: the checkpoint does not fit `like`.
     """
     file, subtree = _split_subtree(path)
     flat = _without_params_prefix(_read_npz(file))
     if subtree is not None:
         flat = _select_subtree(flat, subtree, file)
+    if not allow_nonfinite:
+        _check_finite(flat, file)
     if like is not None:
         prefix = f"{subtree}/" if subtree else ""
         expected = {prefix + name: leaf for name, leaf in flatten_params(like).items()}
@@ -235,6 +264,35 @@ def _recover_bfloat16(array: np.ndarray, name: str, file: pathlib.Path) -> np.nd
             "(bfloat16) are known."
         )
     return array.view(ml_dtypes.bfloat16)
+
+
+def _is_finite(array: np.ndarray) -> bool:
+    """Whether every value is finite; integer arrays always are."""
+    if not jnp.issubdtype(array.dtype, jnp.inexact):  # bfloat16 counts as inexact here
+        return True
+    values = array.reshape(-1)
+    return all(
+        np.isfinite(values[start : start + _FINITE_CHECK_CHUNK]).all()
+        for start in range(0, values.size, _FINITE_CHECK_CHUNK)
+    )
+
+
+def _check_finite(flat: dict, file: pathlib.Path) -> None:
+    """Refuses NaN and inf weights: a model would caption nothing and train nowhere with them."""
+    bad = sorted(name for name, array in flat.items() if not _is_finite(array))
+    if not bad:
+        return
+    first = flat[bad[0]]
+    count = first.size - int(np.count_nonzero(np.isfinite(first)))
+    more = len(bad) - 1
+    others = f" (and {more} other parameter{'s' * (more > 1)} as well)" if more else ""
+    raise NonFiniteParamsError(
+        f"{file}: parameter {bad[0]!r} holds {count:,} NaN or inf values of {first.size:,}"
+        f"{others}: these are the weights of a run that diverged. Load an earlier checkpoint "
+        "(a fine-tune only ever saves finite ones), or load this one anyway with "
+        "allow_nonfinite=True (capstone.finetune: --allow-nonfinite-weights).",
+        name=bad[0],
+    )
 
 
 def _without_params_prefix(flat: dict) -> dict:

@@ -88,7 +88,13 @@ def load_tokenizer(path: str | os.PathLike) -> sentencepiece.SentencePieceProces
             f"{path}: no tokenizer there. The real one is paligemma_tokenizer.model from "
             "big_vision's bucket; the course's own is written by its pretraining script."
         )
-    tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    try:
+        tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except RuntimeError as err:  # sentencepiece's word for a file it cannot parse
+        raise ValueError(
+            f"{path} is not a SentencePiece model ({err}); it is damaged or another file: "
+            "copy or download it again."
+        ) from None
     check_layout(tokenizer, str(path))
     return tokenizer
 

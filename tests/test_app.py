@@ -25,7 +25,7 @@ from solutions import app, scenes
 from solutions.configs import CHECKPOINTS
 from solutions.evaluate import decode
 from solutions.model import count_params, param_shapes
-from solutions.params import save_params
+from solutions.params import load_params, save_params
 from solutions.preprocess import postprocess_tokens, preprocess_image, preprocess_tokens
 
 APP_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "capstone" / "app.py"
@@ -232,6 +232,20 @@ def test_checkpoint_of_another_model_says_to_pick_its_architecture(assets, tmp_p
     with pytest.raises(app.ModelSourceError) as caught:
         app.load_captioner(app.ModelSource("other", "tiny", path), assets)
     assert str(path) in str(caught.value) and "pick that architecture" in str(caught.value)
+
+
+def test_checkpoint_of_a_diverged_run_is_refused(assets, tmp_path):
+    path = tmp_path / "runs" / "diverged" / "checkpoint.npz"
+    params = load_params(assets / "params.npz")
+    params["llm"]["final_norm"]["scale"] = np.full_like(
+        params["llm"]["final_norm"]["scale"], np.nan
+    )
+    save_params(params, path)
+    with pytest.raises(app.ModelSourceError) as caught:
+        app.load_captioner(app.ModelSource("diverged", "tiny", path), assets)
+    message = str(caught.value)
+    assert message.startswith(f"{path} holds NaN or inf weights (the first in 'llm/final_norm/")
+    assert "Pick an earlier run" in message
 
 
 def test_missing_tiny_model_says_how_to_build_it(tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -165,3 +167,56 @@ def test_empty_and_missing_files(tmp_path):
         data.read_jsonl(tmp_path / "nope.jsonl")
     with pytest.raises(data.DataError, match="no usable examples"):
         data.read_jsonl(_write(tmp_path, [""]))
+
+
+def test_bytes_that_are_not_utf8_name_their_line(tmp_path):
+    path = tmp_path / "data.jsonl"
+    latin1 = json.dumps(
+        {"image": "a.jpg", "prefix": "caption en", "suffix": "café"}, ensure_ascii=False
+    )
+    path.write_bytes((GOOD + "\n" + latin1 + "\n").encode("latin-1"))
+    with pytest.raises(data.DataError, match=r"data.jsonl:2: not UTF-8 text \(byte 0xe9 at col"):
+        data.read_jsonl(path)
+    stats = data.DataStats()
+    with pytest.warns(UserWarning, match="1 not UTF-8 text"):
+        assert len(data.read_jsonl(path, on_error="skip", stats=stats)) == 1
+
+
+def test_a_byte_order_mark_is_accepted(dataset):
+    path = dataset / "bom.jsonl"
+    path.write_text(GOOD + "\n" + GOOD + "\n", encoding="utf-8-sig")
+    assert [e.source for e in data.read_jsonl(path)] == ["bom.jsonl:1", "bom.jsonl:2"]
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A few dozen bytes whose header claims width x height pixels."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "message"),
+    [
+        (8000, 7000, "has 8000x7000 = 56,000,000 pixels, over the limit of 50,000,000"),
+        (30000, 30000, "is too large to decode safely"),  # Pillow's DecompressionBombError
+    ],
+)
+def test_huge_images_name_their_line_before_decoding(tmp_path, width, height, message):
+    (tmp_path / "huge.png").write_bytes(png_claiming(width, height))
+    line = json.dumps({"image": "huge.png", "prefix": "caption en", "suffix": "big"})
+    (example,) = data.read_jsonl(_write(tmp_path, [line]))
+    with pytest.raises(data.DataError, match=rf"^data.jsonl:1: image .*huge.png {message}"):
+        data.load_image(example)
+
+
+def test_a_prefix_longer_than_seqlen_names_its_line(dataset, tokenizer):
+    examples = data.read_jsonl(dataset / "data_val4.jsonl")
+    stream = data.validation_examples(examples, tokenizer=tokenizer, seqlen=3, image_size=32)
+    with pytest.raises(data.DataError, match=r"^data_val4.jsonl:1: prefix 'caption en' takes"):
+        next(stream)

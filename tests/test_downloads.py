@@ -501,6 +501,15 @@ def test_longcap100_resumes_after_a_failure(monkeypatch, tmp_path):
     assert requested == [downloads.LONGCAP100_URL + "2.jpg", downloads.LONGCAP100_URL + "3.jpg"]
 
 
+def test_longcap100_without_network_leaves_no_empty_folder(monkeypatch, tmp_path):
+    refused = urllib.error.URLError(ConnectionRefusedError("refused"))
+    serve(monkeypatch, longcap_bucket(**{"data_train90.jsonl": refused}))
+    root = tmp_path / "deep" / "longcap100"
+    with pytest.raises(DownloadError, match="no network"):
+        downloads.download_longcap100(root)
+    assert not root.exists() and root.parent.is_dir()  # the parent it made may stay
+
+
 def test_longcap100_refuses_paths_outside_the_folder(monkeypatch, tmp_path):
     root = tmp_path / "longcap100"
     serve(monkeypatch, longcap_bucket(**{"data_train90.jsonl": jsonl("1.jpg", "../evil.jpg")}))

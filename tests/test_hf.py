@@ -414,6 +414,55 @@ def test_missing_size_in_config_is_named():
         from_hf_config(hf_config)
 
 
+@pytest.mark.parametrize("dtype", ["int32", "uint8", "bool"])
+def test_integer_weights_are_refused(dtype):
+    state_dict, hf_config = _tiny_hf_state_dict()
+    name = "model.language_model.layers.0.mlp.up_proj.weight"
+    state_dict[name] = state_dict[name].astype(dtype)
+    with pytest.raises(HFConversionError) as caught:
+        import_hf_state_dict(state_dict, hf_config)
+    message = str(caught.value)
+    assert f"point (1): language_model.layers.0.mlp.up_proj.weight ({dtype})" in message
+    assert "dequantized" in message
+
+
+def _hf_folder(tmp_path, config_text: str):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(config_text)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"text_config": {', r"config.json is not valid JSON \(Expecting .* line 1 column 18\)"),
+        ("[1, 2]", "config.json holds a JSON list, not the object of a PaliGemmaConfig"),
+    ],
+)
+def test_config_that_is_not_a_json_object_is_named(tmp_path, text, message):
+    with pytest.raises(HFConversionError, match=message):
+        import_hf(_hf_folder(tmp_path, text))
+
+
+def test_truncated_safetensors_file_is_named(tmp_path):
+    pytest.importorskip("safetensors", reason=NEEDS_EXTRA)
+    config, params = _tiny_params("pg1")
+    folder = tmp_path / "hf"
+    export_hf(params, config, folder, resolution=TINY_RESOLUTION)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(HFConversionError, match=rf"{weights} is not a readable safetensors file"):
+        import_hf(folder)
+
+
+def test_shard_index_that_is_not_json_is_named(tmp_path):
+    folder = _hf_folder(tmp_path, json.dumps(_tiny_hf_state_dict()[1]))
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": ')
+    with pytest.raises(HFConversionError, match="model.safetensors.index.json is not valid JSON"):
+        import_hf(folder)
+
+
 # -- smaller behaviours --------------------------------------------------------
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,7 @@ from solutions.model import Model, param_shapes
 from solutions.params import (
     NEW_ROWS_STDDEV,
     CheckpointMismatchError,
+    NonFiniteParamsError,
     fit_to_model,
     flatten_params,
     load_params,
@@ -307,6 +310,31 @@ def test_unknown_raw_dtype_is_refused(tmp_path):
         load_params(path)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_nan_or_inf_weights_are_refused_unless_asked(pg1, tmp_path, bad, dtype):
+    model, params = pg1
+    flat = {name: np.asarray(x).astype(dtype) for name, x in flatten_params(params).items()}
+    flat["llm/final_norm/scale"][3] = bad
+    flat["img/head/bias"][:2] = bad
+    path = tmp_path / "diverged.npz"
+    save_params(unflatten_params(flat), path)
+    like = param_shapes(model, TINY_RESOLUTION)
+    with pytest.raises(NonFiniteParamsError) as caught:
+        load_params(path, like=like)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: parameter 'img/head/bias' holds 2 NaN or inf values")
+    assert "(and 1 other parameter as well)" in message and "--allow-nonfinite-weights" in message
+    loaded = load_params(path, like=like, allow_nonfinite=True)
+    assert_same_bits(loaded, unflatten_params(flat))
+
+
+def test_integer_arrays_pass_the_finiteness_check(tmp_path):
+    path = tmp_path / "ints.npz"
+    save_params({"step": np.array([3], np.int32)}, path)
+    assert load_params(path)["step"].dtype == np.int32
+
+
 # -- atomic saving -----------------------------------------------------------------
 
 
@@ -330,3 +358,18 @@ def test_failed_save_leaves_old_file_and_no_temp_files(pg1, tmp_path, monkeypatc
     save_params(newer, path)  # and a save that succeeds replaces it
     assert_same_bits(load_params(path), newer)
     assert os.listdir(tmp_path) == ["ckpt.npz"]
+
+
+def test_temporaries_of_killed_writers_are_removed_by_the_next_save(pg1, tmp_path):
+    """A SIGKILL midway leaves `.ckpt.npz.<pid>.tmp`; the next save removes it, unless its
+    process still runs (it may be writing right now)."""
+    _, params = pg1
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".ckpt.npz.{dead.pid}.tmp"
+    alive = tmp_path / f".ckpt.npz.{os.getppid()}.tmp"
+    other = tmp_path / f".notes.txt.{dead.pid}.tmp"
+    for leftover in (stale, alive, other):
+        leftover.write_bytes(b"PK half an archive")
+    save_params(params, tmp_path / "ckpt.npz")
+    assert sorted(os.listdir(tmp_path)) == sorted(["ckpt.npz", alive.name, other.name])
