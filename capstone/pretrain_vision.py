@@ -45,6 +45,9 @@ PATCH_LABELS = {
     **{f"{name}_2": labels for name, labels in SHAPE_LABELS.items()},
 }
 IMAGE_LABELS = {"pattern": scenes.PATTERNS, "tone": tuple(scenes.TONES)}
+# Which patch of the grid a token is: its class is its own index. A decoder that names the
+# grid cell of a shape reads it from the shape's token, so the tower must keep it there.
+CELL_LABEL = "cell"
 
 
 def patch_targets(scene: scenes.Scene, grid: int, size: int = 224) -> dict[str, np.ndarray]:
@@ -53,8 +56,8 @@ def patch_targets(scene: scenes.Scene, grid: int, size: int = 224) -> dict[str, 
     A patch takes the labels of the shape covering most of it ("kind", "colour",
     "size") and of the one covering the second most ("kind_2", ...), each when
     it covers at least `MIN_COVER` of the patch, otherwise class 0. Returns
-    int32[grid * grid] for each of `PATCH_LABELS` and int32[] for "pattern" and
-    "tone".
+    int32[grid * grid] for each of `PATCH_LABELS` and for "cell" (the patch's
+    own index), and int32[] for "pattern" and "tone".
     """
     ids = scenes.render_object_ids(scene, size)
     side = size // grid
@@ -73,6 +76,7 @@ def patch_targets(scene: scenes.Scene, grid: int, size: int = 224) -> dict[str, 
         for name, labels in SHAPE_LABELS.items():
             table = np.array([0] + [labels.index(getattr(s, name)) for s in scene.shapes])
             targets[name + suffix] = table[owner].astype(np.int32)
+    targets[CELL_LABEL] = np.arange(grid * grid, dtype=np.int32)
     for name, labels in IMAGE_LABELS.items():
         targets[name] = np.int32(labels.index(getattr(scene.background, name)))
     return targets
@@ -84,10 +88,10 @@ def stack_targets(drawn: list[scenes.Scene], grid: int, size: int = 224) -> dict
     return {name: np.stack([t[name] for t in each]) for name in each[0]}
 
 
-def init_readouts(width: int, seed: int = 0) -> dict:
+def init_readouts(width: int, num_patches: int, seed: int = 0) -> dict:
     """Linear read-outs from the tower's float[B, N, width] tokens, one per label set."""
     rng = np.random.default_rng(seed)
-    labels = {**PATCH_LABELS, **IMAGE_LABELS}
+    labels = {**PATCH_LABELS, CELL_LABEL: range(num_patches), **IMAGE_LABELS}
     return {
         name: {
             "w": jnp.asarray(rng.normal(0, width**-0.5, (width, len(classes))), jnp.float32),
@@ -115,7 +119,7 @@ def vision_loss(trained: dict, image: jax.Array, targets: dict, *, model: Model)
     }
     losses = []
     for name, head in trained["readouts"].items():
-        logits = (tokens if name in PATCH_LABELS else pooled) @ head["w"] + head["b"]
+        logits = (pooled if name in IMAGE_LABELS else tokens) @ head["w"] + head["b"]
         patch_weights = None
         if name in PATCH_LABELS:
             patch_weights = weights["_2" if name.endswith("_2") else ""]
@@ -124,12 +128,13 @@ def vision_loss(trained: dict, image: jax.Array, targets: dict, *, model: Model)
 
 
 def readout_accuracy(trained: dict, image, targets: dict, *, model: Model) -> dict[str, float]:
-    """Accuracy per label set; for patch labels, over the patches that show such a shape
-    (a first one for "kind", "colour", "size"; a second one for "kind_2", ...)."""
+    """Accuracy per label set; for shape labels, over the patches that show such a shape
+    (a first one for "kind", "colour", "size"; a second one for "kind_2", ...), leaving
+    out a label set no patch of `image` shows."""
     tokens, _ = model.apply({"params": {"img": trained["img"]}}, image, method=Model.embed_image)
     scores = {}
     for name, head in trained["readouts"].items():
-        source = tokens if name in PATCH_LABELS else tokens.mean(axis=1)
+        source = tokens.mean(axis=1) if name in IMAGE_LABELS else tokens
         right = np.asarray((source @ head["w"] + head["b"]).argmax(-1) == targets[name])
         if name in PATCH_LABELS:
             shown = np.asarray(targets["kind_2" if name.endswith("_2") else "kind"]) > 0
@@ -163,7 +168,8 @@ def train_vision(
     resolution = images.shape[1]
     grid = resolution // model.img["patch_size"]
     targets = stack_targets(drawn, grid, resolution)
-    trained = {"img": params["img"], "readouts": init_readouts(params["img"]["head"]["bias"].size)}
+    width = params["img"]["head"]["bias"].size
+    trained = {"img": params["img"], "readouts": init_readouts(width, grid * grid)}
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1.0))
     opt_state = optimizer.init(trained)
 

@@ -133,6 +133,7 @@ def test_layout_text_lists_every_cell_with_its_position_and_the_background():
 
 def test_stage0_scores_held_out_scenes_as_it_goes(capsys):
     from capstone import pretrain_vision
+    from solutions import scenes
     from solutions.model import init_params
 
     model = Model(**pretrain.tiny_config(vocab_size=64))
@@ -154,8 +155,13 @@ def test_stage0_scores_held_out_scenes_as_it_goes(capsys):
     assert "stage 0 step 1: read-out accuracy" in printed
     assert "stage 0 step 2: read-out accuracy" in printed
     assert "stage 0 step 3:" not in printed  # the last step is scored once, at the end
+    # A second shape's labels are scored only when some patch shows one (a stack).
+    stacked = any(len(g) == 2 for s in held_out[1] for g in scenes.cell_groups(s))
+    second = {f"{name}_2" for name in pretrain_vision.SHAPE_LABELS}
     assert set(accuracy) == {
-        *pretrain_vision.PATCH_LABELS,
+        *pretrain_vision.SHAPE_LABELS,
+        *(second if stacked else ()),
+        pretrain_vision.CELL_LABEL,
         *pretrain_vision.IMAGE_LABELS,
         "final_loss",
     }
