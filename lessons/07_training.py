@@ -565,10 +565,12 @@ plt.show()
 
 # %% [markdown]
 # 256 steps of 8 examples is still a short run: 2,048 examples seen, each training image about
-# 23 times. It is also exactly what the capstone runs by default on the tiny model, 256 SGD
-# steps at 0.3. For a real checkpoint the capstone takes the notebook's recipe instead: 64 steps
-# of 8 examples (512 examples seen) at 0.03. Run longer, or change the learning rate, and
-# compare the curves.
+# 23 times. The capstone runs the same 256 SGD steps at 0.3 on the tiny model, but trains its
+# whole decoder (`--trainable llm`): the attention weights of a 3-layer decoder alone learn the
+# long form but lose more of what it saw (docs/capstone.md has the measurements). For a real
+# checkpoint the capstone takes the notebook's recipe instead: 64 steps of 8 examples (512
+# examples seen) at 0.03, attention weights only. Run longer, change the learning rate or train
+# `trainable_mask(params, "llm")`, and compare the curves.
 #
 # ## The same recipe as a command
 #
@@ -584,7 +586,7 @@ plt.show()
 #   notebook's fine-tune of the released checkpoint, on a GPU.
 #
 # ```
-# python -m capstone.finetune --out runs/mine        # the tiny model: 256 steps at 0.3
+# python -m capstone.finetune --out runs/mine        # the tiny model: 256 steps at 0.3, llm
 # ```
 #
 # ## What you built
