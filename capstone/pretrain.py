@@ -489,11 +489,15 @@ def _model_card(card: dict) -> str:
     tasks = ", ".join(f'"{name}" ({weight:.0%})' for name, weight in card["tasks"].items())
     patch = card["config"]["img"]["patch_size"]
     grid = card["resolution"] // patch
+    side = card["resolution"]
+    reads = (
+        f"It reads {side}x{side} images in patches of {patch} pixels, {grid} x {grid} image tokens:"
+    )
     return f"""# The course's tiny PaliGemma
 
 PaliGemma's architecture (SigLIP ViT + Gemma decoder, prefix-LM) at
 {scores["num_params"]:,} parameters, stored in bfloat16 in big_vision's npz format.
-It reads {card["resolution"]}x{card["resolution"]} images in patches of {patch} pixels, {grid} x {grid} image tokens:
+{reads}
 one per grid cell of a scene, so each shape lies whole in one patch (the real
 PaliGemma reads 224 pixels or more in 14-pixel patches).
 Config: `config.json`. Tokenizer: `tokenizer.model` (PaliGemma's id layout).

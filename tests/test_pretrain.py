@@ -200,7 +200,7 @@ def test_held_out_readings_say_what_the_model_calls_an_unseen_pair():
     held = [
         scenes.Shape(k, c, "large", cell)
         for (c, k), cell in zip(
-            sorted(scenes.HELD_OUT_PAIRS)[:3], ("top left", "centre", "bottom right")
+            sorted(scenes.HELD_OUT_PAIRS)[:3], ("top left", "centre", "bottom right"), strict=True
         )
     ]
     seen = scenes.Shape("circle", "red", "small", "top")
