@@ -184,16 +184,20 @@ def test_ex2_3_a_failed_write_keeps_the_old_file(impl, tmp_path):
         what="writing text that cannot be encoded",
         hint="let the error propagate",
     )
-    expect_equal(
-        path.read_text(),
-        "old",
-        what="content after a failed write",
+    _expect_old_file_alone(
+        path,
+        "a failed write",
         hint="write to a temporary file beside the target; only a complete one replaces it",
     )
+
+
+def _expect_old_file_alone(path, after: str, *, hint: str):
+    """After a write that failed, the target holds its old text and nothing lies beside it."""
+    expect_equal(path.read_text(), "old", what=f"content of the target after {after}", hint=hint)
     expect_equal(
-        sorted(os.listdir(tmp_path)),
-        ["data.txt"],
-        what="files left after a failed write",
+        sorted(os.listdir(path.parent)),
+        [path.name],
+        what=f"files left after {after}",
         hint="remove the temporary file in a `finally:` block",
     )
 
@@ -226,17 +230,8 @@ def test_ex2_3_the_target_changes_only_by_a_rename(impl, tmp_path):
         hint="a rename is atomic only within one file system: put the temporary file in the "
         "target's own folder",
     )
-    expect_equal(
-        path.read_text(),
-        "old",
-        what="content of the target when the rename never happened",
-        hint="nothing may touch the target before the rename",
-    )
-    expect_equal(
-        sorted(os.listdir(tmp_path)),
-        ["data.txt"],
-        what="files left after the failed rename",
-        hint="remove the temporary file in a `finally:` block",
+    _expect_old_file_alone(
+        path, "the failed rename", hint="nothing may touch the target before the rename"
     )
 
 
