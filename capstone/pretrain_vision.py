@@ -65,17 +65,19 @@ def patch_targets(scene: scenes.Scene, grid: int, size: int = 224) -> dict[str, 
     blocks = blocks.transpose(0, 2, 1, 3).reshape(grid * grid, side * side)
     cover = np.stack([(blocks == i).mean(axis=1) for i in range(1, len(scene.shapes) + 1)], 1)
     ranked = np.argsort(-cover, axis=1, kind="stable")  # shape indices, most cover first
+    tables = {  # label of "owner" 0 (no shape), 1, 2, ... (the shapes in drawing order)
+        name: np.array([0] + [labels.index(getattr(s, name)) for s in scene.shapes], np.int32)
+        for name, labels in SHAPE_LABELS.items()
+    }
     targets = {}
     for rank, suffix in enumerate(("", "_2")):
-        if rank >= cover.shape[1]:
-            owner = np.zeros(grid * grid, np.int64)
-        else:
+        owner = np.zeros(grid * grid, np.int64)
+        if rank < cover.shape[1]:
             index = ranked[:, rank]
             shown = np.take_along_axis(cover, index[:, None], 1)[:, 0] >= MIN_COVER
             owner = np.where(shown, index + 1, 0)
-        for name, labels in SHAPE_LABELS.items():
-            table = np.array([0] + [labels.index(getattr(s, name)) for s in scene.shapes])
-            targets[name + suffix] = table[owner].astype(np.int32)
+        for name, table in tables.items():
+            targets[name + suffix] = table[owner]
     targets[CELL_LABEL] = np.arange(grid * grid, dtype=np.int32)
     for name, labels in IMAGE_LABELS.items():
         targets[name] = np.int32(labels.index(getattr(scene.background, name)))
@@ -101,6 +103,12 @@ def init_readouts(width: int, num_patches: int, seed: int = 0) -> dict:
     }
 
 
+def _kind_of(name: str) -> str:
+    """The kind label that says whether a patch shows the shape `name` labels: "kind" for
+    the first shape's labels, "kind_2" for the second's."""
+    return "kind_2" if name.endswith("_2") else "kind"
+
+
 def _cross_entropy(logits: jax.Array, labels: jax.Array, weights=None) -> jax.Array:
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     if weights is None:
@@ -114,15 +122,15 @@ def vision_loss(trained: dict, image: jax.Array, targets: dict, *, model: Model)
     pooled = tokens.mean(axis=1)
     # Most patches are background; weighting the others up keeps the shapes from drowning.
     weights = {
-        suffix: 1.0 + (weight - 1.0) * (targets["kind" + suffix] > 0)
-        for suffix, weight in (("", OBJECT_WEIGHT), ("_2", SECOND_WEIGHT))
+        kind: 1.0 + (weight - 1.0) * (targets[kind] > 0)
+        for kind, weight in (("kind", OBJECT_WEIGHT), ("kind_2", SECOND_WEIGHT))
     }
     losses = []
     for name, head in trained["readouts"].items():
         logits = (pooled if name in IMAGE_LABELS else tokens) @ head["w"] + head["b"]
         patch_weights = None
         if name in PATCH_LABELS:
-            patch_weights = weights["_2" if name.endswith("_2") else ""]
+            patch_weights = weights[_kind_of(name)]
         losses.append(_cross_entropy(logits, targets[name], patch_weights))
     return sum(losses) / len(losses)
 
@@ -137,7 +145,7 @@ def readout_accuracy(trained: dict, image, targets: dict, *, model: Model) -> di
         source = tokens.mean(axis=1) if name in IMAGE_LABELS else tokens
         right = np.asarray((source @ head["w"] + head["b"]).argmax(-1) == targets[name])
         if name in PATCH_LABELS:
-            shown = np.asarray(targets["kind_2" if name.endswith("_2") else "kind"]) > 0
+            shown = np.asarray(targets[_kind_of(name)]) > 0
             if not shown.any():
                 continue
             right = right[shown]

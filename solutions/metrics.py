@@ -172,7 +172,7 @@ def cider(
 
 
 def repeats_a_word(caption: str, times: int = 3) -> bool:
-    """Whether some word comes `times` times in a row ("the orange orange orange hexagon"):
+    """Whether some word comes `times` times in a row ("the orange orange orange heart"):
     the loop a captioner falls into when it no longer knows what comes next."""
     words = tokenize_caption(caption)
     return any(len(set(words[i : i + times])) == 1 for i in range(len(words) - times + 1))

@@ -327,24 +327,27 @@ def _background_image(background: Background, side: int) -> Image.Image:
     return image
 
 
+def _polar(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(x, y) corners as the (r, degrees) `_outline` turns."""
+    return [(math.hypot(x, y), math.degrees(math.atan2(y, x))) for x, y in points]
+
+
 def _heart(radius: float) -> list[tuple[float, float]]:
     """(r, degrees) corners of a heart, point down, about as wide and tall as 2 * radius."""
-    corners = []
+    points = []
     for i in range(32):
         t = 2 * math.pi * i / 32
         x = 16 * math.sin(t) ** 3
         y = -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t))
-        x, y = x * radius / 16, (y - 2.5) * radius / 15  # centred on its own bounding box
-        corners.append((math.hypot(x, y), math.degrees(math.atan2(y, x))))
-    return corners
+        points.append((x * radius / 16, (y - 2.5) * radius / 15))  # centred on its bounding box
+    return _polar(points)
 
 
 def _cross(radius: float) -> list[tuple[float, float]]:
     """(r, degrees) corners of a plus sign whose arms are 0.7 * radius wide."""
     arm, half = radius, 0.35 * radius
     xy = [(half, -arm), (half, -half), (arm, -half), (arm, half), (half, half), (half, arm)]
-    xy += [(-x, -y) for x, y in xy]
-    return [(math.hypot(x, y), math.degrees(math.atan2(y, x))) for x, y in xy]
+    return _polar(xy + [(-x, -y) for x, y in xy])
 
 
 def _outline(kind: str, radius: float, angle: float) -> list[tuple[float, float]]:
