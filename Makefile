@@ -27,11 +27,11 @@ app: $(STAMP) $(TINY)
 
 ## app-timing: seconds per caption once warm, and from process start to the first caption
 app-timing: $(STAMP) $(TINY)
-	$(BIN)/python -m capstone.app_timing
+	$(BIN)/python -m capstone.tools.app_timing
 
 # The shipped model; rebuilt from scratch (tens of CPU minutes) only when absent.
 $(TINY): | $(STAMP)
-	$(BIN)/python -m capstone.pretrain
+	$(BIN)/python -m capstone.factory.pretrain
 
 ## test: the whole test suite, lessons graded against the reference solutions
 ## (parity tests skip without the parity extra)
@@ -66,11 +66,11 @@ test-parity: $(STAMP)
 ## bench: training and decoding speed, ours next to transformers' (installs the parity extra)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[dev,parity]"
-	$(BIN)/python -m capstone.bench --vs-transformers
+	$(BIN)/python -m capstone.tools.bench --vs-transformers
 
 ## memory: will the real 3B model fit? Peak memory of one training step, nothing allocated
 memory: $(STAMP)
-	$(BIN)/python -m capstone.memory --model paligemma-3b-pt-224 --batch-size 8 --seqlen 128 --trainable attn
+	$(BIN)/python -m capstone.tools.memory --model paligemma-3b-pt-224 --batch-size 8 --seqlen 128 --trainable attn
 
 ## lint: ruff check and format check
 lint: $(STAMP)

@@ -40,8 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from capstone import cli, pretrain
+from capstone import cli
 from solutions import data, scenes
+from solutions.checkpoints import TINY_ASSETS, float32_params, load_real, load_tiny
 from solutions.configs import UnknownCheckpointError, get_checkpoint
 from solutions.downloads import LONGCAP100_SPLITS, TOKENIZER_FILENAME
 from solutions.evaluate import make_predictions
@@ -60,7 +61,6 @@ from solutions.train import (
     trainable_mask,
 )
 
-ASSETS = pathlib.Path(__file__).resolve().parent / "assets" / "tiny"
 DEFAULT_DATA = pathlib.Path("runs") / "scenes-longcap"
 # (steps, SGD learning rate, what trains) of the reference notebook, and of the shipped tiny
 # model: measured best within 3 CPU minutes (docs/capstone.md lists the recipes tried).
@@ -90,46 +90,6 @@ class Run:
     train: list
     evals: list[EvalSet]
     out: pathlib.Path
-
-
-def load_tiny(assets: pathlib.Path = ASSETS, *, allow_nonfinite: bool = False):
-    """The shipped model: (Model, resolution, params as numpy, tokenizer)."""
-    card_path = assets / "config.json"
-    if not card_path.exists():
-        raise FileNotFoundError(
-            f"{card_path} is missing: the shipped model lives in capstone/assets/tiny "
-            "(rebuild it with `python -m capstone.pretrain`)."
-        )
-    try:
-        card = json.loads(card_path.read_text())
-        config, resolution = card["config"], card["resolution"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"{card_path} is not the model card `python -m capstone.pretrain` writes "
-            f"({type(err).__name__}: {err}); restore it from git, or rebuild the model."
-        ) from None
-    model = Model(**config)
-    params = load_params(
-        assets / "params.npz",
-        like=param_shapes(model, resolution),
-        allow_nonfinite=allow_nonfinite,
-    )
-    return model, resolution, params, load_tokenizer(assets / "tokenizer.model")
-
-
-def load_real(name: str, checkpoint: str, *, allow_nonfinite: bool = False):
-    """A released PaliGemma: (Model, resolution, params, tokenizer)."""
-    from capstone.memory import with_remat
-    from solutions import downloads
-
-    info = get_checkpoint(name)
-    path = downloads.download_checkpoint(info) if checkpoint == "kaggle" else checkpoint
-    model = Model(**with_remat(info.config))  # as planned by capstone.memory: fits a 16 GB T4
-    params = load_params(
-        path, like=param_shapes(model, info.resolution), allow_nonfinite=allow_nonfinite
-    )
-    tokenizer = load_tokenizer(downloads.download_tokenizer(pathlib.Path(path).parent))
-    return model, info.resolution, params, tokenizer
 
 
 def prepare_data(data_arg: str | None, on_error: str, num_val: int = 50):
@@ -192,7 +152,7 @@ def caption_all(run: Run, examples: list, params, decode: tuple[int, int, int]) 
 
 def caption_sets(run: Run, params, decode: tuple[int, int, int]) -> dict[str, list[str]]:
     """{set name: greedy captions} for every evaluation set; `params` of any float dtype."""
-    params = pretrain.float32_params(params)
+    params = float32_params(params)
     return {e.name: caption_all(run, e.examples, params, decode) for e in run.evals}
 
 
@@ -402,7 +362,7 @@ def parse_args(argv):
         "--model", default="tiny", help="'tiny' (shipped) or a real name, e.g. paligemma-3b-pt-224"
     )
     p.add_argument(
-        "--assets", type=pathlib.Path, default=ASSETS, help="folder of the shipped tiny model"
+        "--assets", type=pathlib.Path, default=TINY_ASSETS, help="folder of the shipped tiny model"
     )
     p.add_argument("--checkpoint", default=None, help="a .npz path, or 'kaggle' to download")
     p.add_argument("--data", default=None, help="a longcap100-style folder (default: scenes)")

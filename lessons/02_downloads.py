@@ -60,8 +60,8 @@ import matplotlib.pyplot as plt
 import requests
 from IPython.display import Markdown, display
 
-from capstone.finetune import ASSETS
 from solutions import scenes
+from solutions.checkpoints import TINY_ASSETS
 from solutions.configs import CHECKPOINTS
 from solutions.downloads import (
     CHECKPOINT_DIR_ENV,
@@ -126,7 +126,7 @@ for name in ("paligemma-3b-pt-224", "paligemma2-3b-pt-224", "paligemma2-10b-pt-2
     param_counts[name] = count_params(param_shapes(Model(**checkpoint.config), 224))
     sizes_gb[name] = 2 * param_counts[name] / 1e9
     print(f"{name:24} {param_counts[name]:>14,} parameters  ~{sizes_gb[name]:.1f} GB")
-sizes_gb["course tiny model"] = (ASSETS / "params.npz").stat().st_size / 1e9
+sizes_gb["course tiny model"] = (TINY_ASSETS / "params.npz").stat().st_size / 1e9
 
 fig, ax = plt.subplots(figsize=(8, 3), layout="constrained")
 ax.barh(list(sizes_gb), list(sizes_gb.values()), color=["tab:blue"] * 3 + ["tab:green"])
@@ -270,7 +270,7 @@ check("ex2_2")
 
 # %%
 with tempfile.TemporaryDirectory() as tmp:
-    original = ASSETS / "params.npz"
+    original = TINY_ASSETS / "params.npz"
     damaged = pathlib.Path(tmp) / "params.npz"
     data = bytearray(original.read_bytes())
     data[len(data) // 2] ^= 0b0000_0001
@@ -295,7 +295,7 @@ with tempfile.TemporaryDirectory() as tmp:
 
 # %%
 with tempfile.TemporaryDirectory() as tmp:
-    shutil.copy(ASSETS / "tokenizer.model", pathlib.Path(tmp) / "paligemma_tokenizer.model")
+    shutil.copy(TINY_ASSETS / "tokenizer.model", pathlib.Path(tmp) / "paligemma_tokenizer.model")
     try:
         download_tokenizer(tmp)  # the file is there, so it is checked, not downloaded
     except DownloadError as err:
@@ -532,7 +532,7 @@ else:
 # trained briefly on the course's scenes, in big_vision's checkpoint format.
 
 # %%
-for file in sorted(ASSETS.iterdir()):
+for file in sorted(TINY_ASSETS.iterdir()):
     print(f"{file.name:16} {file.stat().st_size:>10,} bytes  sha256 {sha256_file(file)[:16]}...")
 
 # %% [markdown]
@@ -540,10 +540,10 @@ for file in sorted(ASSETS.iterdir()):
 # the model config in the same `{"img": ..., "llm": ...}` form as the real ones.
 
 # %%
-display(Markdown((ASSETS / "MODEL_CARD.md").read_text()))
+display(Markdown((TINY_ASSETS / "MODEL_CARD.md").read_text()))
 
 # %%
-tiny_config = json.loads((ASSETS / "config.json").read_text())
+tiny_config = json.loads((TINY_ASSETS / "config.json").read_text())
 real = CHECKPOINTS["paligemma-3b-pt-224"]
 resolve = {"img": vit_config, "llm": gemma_config}  # a variant name -> every size field
 print(f"{'':18}{'PaliGemma 1 3B':>16}{'course tiny':>16}")

@@ -48,7 +48,7 @@ import textwrap
 
 import matplotlib.pyplot as plt
 
-from capstone.finetune import load_tiny
+from solutions.checkpoints import load_tiny
 from solutions.configs import CHECKPOINTS
 from solutions.gemma import gemma_config
 from solutions.model import Model, count_params, param_shapes

@@ -25,7 +25,7 @@
 #   `llm/layers/attn/q_einsum/w` become a tree and back;
 # - why bfloat16 arrays come out of `np.load` as `|V2`, and how to get them back;
 # - how many bytes fine-tuning really needs: frozen parameters in 16 bits, trained
-#   ones in float32, and what `capstone.memory` measures for one training step;
+#   ones in float32, and what `capstone.tools.memory` measures for one training step;
 # - how a checkpoint trained at 224 pixels serves 448 (resampling position embeddings);
 # - how FSDP splits every big array across devices, and how to load a model one
 #   parameter at a time.
@@ -57,8 +57,8 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 
 import solutions
-from capstone.finetune import ASSETS, load_tiny
-from capstone.memory import GIB, training_step_memory
+from capstone.tools.memory import GIB, training_step_memory
+from solutions.checkpoints import TINY_ASSETS, load_tiny
 from solutions.configs import CHECKPOINTS
 from solutions.downloads import checkpoint_on_disk
 from solutions.model import Model, count_params, param_shapes
@@ -75,7 +75,7 @@ from solutions.train import cast_params, trainable_mask
 # model is such a file:
 
 # %%
-TINY_CHECKPOINT = ASSETS / "params.npz"
+TINY_CHECKPOINT = TINY_ASSETS / "params.npz"
 with zipfile.ZipFile(TINY_CHECKPOINT) as archive:
     members = archive.infolist()
 print(f"{TINY_CHECKPOINT.name}: {len(members)} arrays, {TINY_CHECKPOINT.stat().st_size:,} bytes")
@@ -345,7 +345,7 @@ for label, size in plans.items():
 
 # %% [markdown]
 # Activations come on top: they depend on the batch and the sequence length.
-# `capstone.memory` compiles one real training step for abstract inputs and asks
+# `capstone.tools.memory` compiles one real training step for abstract inputs and asks
 # XLA how much memory the program needs, without allocating any of it
 # (a few seconds on a CPU):
 
@@ -559,7 +559,7 @@ plt.show()
 # %%
 SHARDING_SCRIPT = """
 import jax
-from capstone.finetune import load_tiny
+from solutions.checkpoints import load_tiny
 from solutions.sharding import infer_param_sharding, make_mesh, param_names, shard_params
 
 _, _, params, _ = load_tiny()

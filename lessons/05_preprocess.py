@@ -35,8 +35,6 @@
 
 # %% tags=["setup"]
 import io
-import json
-import pathlib
 import warnings
 
 import jax.numpy as jnp
@@ -45,8 +43,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-import solutions
 from solutions import scenes
+from solutions.checkpoints import TINY_ASSETS, read_tiny_card
 from solutions.model import make_attn_mask
 from solutions.preprocess import (
     BOS_ID,
@@ -63,8 +61,7 @@ from tests.grading import check
 # TensorFlow is here only for its image resize; the accelerators belong to JAX.
 tf.config.set_visible_devices([], "GPU")
 
-ASSETS = pathlib.Path(solutions.__file__).resolve().parent.parent / "capstone" / "assets" / "tiny"
-RESOLUTION = json.loads((ASSETS / "config.json").read_text())["resolution"]
+RESOLUTION = read_tiny_card()["resolution"]
 
 # %%
 print(f"the course's tiny PaliGemma reads {RESOLUTION} x {RESOLUTION} images")
@@ -275,7 +272,7 @@ except ValueError as error:
 # `encode(prefix + "\n")`.
 
 # %%
-tokenizer = load_tokenizer(ASSETS / "tokenizer.model")
+tokenizer = load_tokenizer(TINY_ASSETS / "tokenizer.model")
 print(f"{tokenizer.get_piece_size()} pieces")
 for name, special in (("PAD_ID", PAD_ID), ("EOS_ID", EOS_ID), ("BOS_ID", BOS_ID)):
     print(f"{name} = {special}: {tokenizer.id_to_piece(special)}")

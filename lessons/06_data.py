@@ -42,8 +42,8 @@ import warnings
 import matplotlib.pyplot as plt
 import numpy as np
 
-import solutions
 from solutions import scenes
+from solutions.checkpoints import TINY_ASSETS
 from solutions.data import (
     REQUIRED_FIELDS,
     DataError,
@@ -55,8 +55,6 @@ from solutions.data import (
 from solutions.preprocess import TruncationStats, postprocess_tokens
 from solutions.tokenizer import load_tokenizer
 from tests.grading import check
-
-ASSETS = pathlib.Path(solutions.__file__).resolve().parent.parent / "capstone" / "assets" / "tiny"
 
 # %% [markdown]
 # ## 1. The source: a folder of jsonl files and images
@@ -349,7 +347,7 @@ plt.show()
 # and masks. Its first example is the first index of epoch 0.
 
 # %%
-tokenizer = load_tokenizer(ASSETS / "tokenizer.model")
+tokenizer = load_tokenizer(TINY_ASSETS / "tokenizer.model")
 SEQLEN = 80  # the longest scene caption takes about 65 tokens (lesson 5)
 train_files = read_jsonl(split_files["train"])
 truncation = TruncationStats()

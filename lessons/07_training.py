@@ -44,8 +44,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import clear_output, display
 
-from capstone.finetune import load_tiny
 from solutions import data, scenes
+from solutions.checkpoints import load_tiny
 from solutions.configs import get_checkpoint
 from solutions.evaluate import make_predictions
 from solutions.model import Model, count_params, param_shapes

@@ -44,8 +44,8 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from capstone.finetune import load_tiny
 from solutions import data, scenes
+from solutions.checkpoints import load_tiny
 from solutions.configs import get_checkpoint
 from solutions.evaluate import EOS_TOKEN, Sampler, decode, make_predictions, sample_logits
 from solutions.model import Model, param_shapes

@@ -27,13 +27,11 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from capstone.finetune import ASSETS, load_real, load_tiny
 from solutions import scenes
+from solutions.checkpoints import TINY_ASSETS, float32_params, load_real, load_tiny
 from solutions.evaluate import Sampler, decode
 from solutions.model import count_params, param_shapes
 from solutions.params import NonFiniteParamsError, load_params
@@ -192,7 +190,7 @@ class ModelSource:
 
 def tiny_assets_dir() -> pathlib.Path:
     """The tiny model's folder: $COURSE_TINY_ASSETS, else capstone/assets/tiny."""
-    return pathlib.Path(os.environ.get(TINY_ASSETS_ENV) or ASSETS)
+    return pathlib.Path(os.environ.get(TINY_ASSETS_ENV) or TINY_ASSETS)
 
 
 def runs_dir() -> pathlib.Path:
@@ -370,8 +368,7 @@ def load_captioner(source: ModelSource, assets: pathlib.Path | None = None) -> C
         model, resolution, params, tokenizer = _load_real_checked(source)
     if source.checkpoint is not None and source.architecture == "tiny":
         params = _load_checkpoint_into(source.checkpoint, model, resolution, "tiny")
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-    return Captioner(source.label, model, resolution, params, tokenizer)
+    return Captioner(source.label, model, resolution, float32_params(params), tokenizer)
 
 
 def _load_tiny_checked(assets: pathlib.Path):
@@ -380,7 +377,7 @@ def _load_tiny_checked(assets: pathlib.Path):
     except (FileNotFoundError, ValueError) as error:
         raise ModelSourceError(
             f"The tiny model at {assets} cannot be loaded: {error} Build it with "
-            f"`python -m capstone.pretrain`, or set {TINY_ASSETS_ENV} to a folder holding "
+            f"`python -m capstone.factory.pretrain`, or set {TINY_ASSETS_ENV} to a folder holding "
             "params.npz, tokenizer.model and config.json."
         ) from None
 

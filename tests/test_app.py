@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from capstone import pretrain
+from capstone.factory import pretrain
 from solutions import app, scenes
 from solutions.configs import CHECKPOINTS
 from solutions.evaluate import decode
@@ -252,7 +252,7 @@ def test_missing_tiny_model_says_how_to_build_it(tmp_path):
     with pytest.raises(app.ModelSourceError) as caught:
         app.load_captioner(app.ModelSource("tiny"), tmp_path)
     message = str(caught.value)
-    assert str(tmp_path) in message and "python -m capstone.pretrain" in message
+    assert str(tmp_path) in message and "python -m capstone.factory.pretrain" in message
     assert app.TINY_ASSETS_ENV in message
 
 

@@ -21,7 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capstone import bench, finetune, memory, pair_probe, pretrain, vision_probe
+from capstone import finetune
+from capstone.experiments import pair_probe, vision_probe
+from capstone.factory import pretrain
+from capstone.tools import bench, memory
 from solutions import scenes
 from solutions.model import Model, param_shapes
 from solutions.params import flatten_params, load_params, save_params, unflatten_params

@@ -175,7 +175,7 @@ def _help_flags(module_name: str) -> list[str]:
     return sorted({word.strip("[],") for word in out.getvalue().split() if word.startswith("--")})
 
 
-@pytest.mark.parametrize("module_name", ["capstone.finetune", "capstone.pretrain"])
+@pytest.mark.parametrize("module_name", ["capstone.finetune", "capstone.factory.pretrain"])
 def test_capstone_page_documents_every_flag(module_name):
     page = (ROOT / "docs" / "capstone.md").read_text()
     flags = [flag for flag in _help_flags(module_name) if flag != "--help"]

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from capstone import finetune, pretrain
+from capstone import finetune
+from capstone.factory import pretrain
 from solutions import scenes
 from solutions.data import DataError
 

@@ -1,10 +1,10 @@
-"""`capstone.memory`: compiled memory analysis of a training step, no allocation."""
+"""`capstone.tools.memory`: compiled memory analysis of a training step, no allocation."""
 
 from __future__ import annotations
 
 import json
 
-from capstone import memory
+from capstone.tools import memory
 from tests.conftest import TINY_IMG, TINY_LLM_PG1, TINY_RESOLUTION
 
 

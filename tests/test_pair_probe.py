@@ -1,11 +1,11 @@
-"""`capstone.pair_probe`: recoloured scenes, the split by pair, and a quick run."""
+"""`capstone.experiments.pair_probe`: recoloured scenes, the split by pair, and a quick run."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from capstone import finetune, pair_probe
-from solutions import scenes
+from capstone.experiments import pair_probe
+from solutions import checkpoints, scenes
 
 
 def test_recoloured_scenes_keep_layouts_and_reach_held_out_pairs():
@@ -33,7 +33,7 @@ def test_accuracy_by_pair_splits_patches_by_their_pair():
 
 
 def test_quick_probe_of_the_shipped_tower():
-    results = pair_probe.probe(finetune.ASSETS, num_train=24, num_test=12, steps=5)
+    results = pair_probe.probe(checkpoints.TINY_ASSETS, num_train=24, num_test=12, steps=5)
     assert set(results) == {"restricted pairs", "every pair"}
     for scores in results.values():
         assert set(scores) == {"seen", "held_out"}

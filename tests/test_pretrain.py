@@ -1,4 +1,4 @@
-"""`capstone.pretrain`: the recipe that builds the shipped model runs and is reproducible."""
+"""`capstone.factory.pretrain`: the recipe that builds the shipped model runs, reproducibly."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from capstone import pretrain
+from capstone.factory import pretrain
 from solutions.model import Model, param_shapes
 from solutions.params import load_params
 from solutions.tokenizer import load_tokenizer
@@ -90,7 +90,7 @@ def test_random_kind_f1_is_what_guessing_kinds_scores():
 
 
 def test_patch_targets_label_the_shapes_and_the_background():
-    from capstone.pretrain_vision import PATCH_LABELS, patch_targets
+    from capstone.factory.pretrain_vision import PATCH_LABELS, patch_targets
     from solutions import scenes
 
     base = scenes.Shape("square", "red", "large", "centre")
@@ -132,7 +132,7 @@ def test_layout_text_lists_every_cell_with_its_position_and_the_background():
 
 
 def test_stage0_scores_held_out_scenes_as_it_goes(capsys):
-    from capstone import pretrain_vision
+    from capstone.factory import pretrain_vision
     from solutions import scenes
     from solutions.model import init_params
 

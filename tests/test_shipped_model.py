@@ -8,18 +8,18 @@ import json
 import numpy as np
 import pytest
 
-from capstone import finetune, pretrain
-from solutions import scenes
+from capstone.factory import pretrain
+from solutions import checkpoints, scenes
 from solutions.preprocess import preprocess_image
 
-ASSETS = finetune.ASSETS
+ASSETS = checkpoints.TINY_ASSETS
 MAX_BYTES = 8 * 2**20
 FRESH = range(64, 96)  # the model card scored val scenes 0-63; these are new to it
 
 
 @pytest.fixture(scope="module")
 def shipped():
-    model, resolution, params, tokenizer = finetune.load_tiny(ASSETS)
+    model, resolution, params, tokenizer = checkpoints.load_tiny(ASSETS)
     images = np.zeros((len(FRESH), resolution, resolution, 3), np.float32)
     drawn = []
     for row, index in enumerate(FRESH):

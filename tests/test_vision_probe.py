@@ -1,10 +1,10 @@
-"""`capstone.vision_probe`: the one-shape kind probe of the image tower runs and reports."""
+"""`capstone.experiments.vision_probe`: the one-shape kind probe of the image tower."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from capstone import vision_probe
+from capstone.experiments import vision_probe
 from solutions import scenes
 
 

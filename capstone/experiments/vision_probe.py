@@ -1,7 +1,7 @@
 """Can the tiny image tower learn to tell shape kinds? A quick, controlled probe.
 
-    python -m capstone.vision_probe                      # as shipped: 96 pixels, 32-pixel patches
-    python -m capstone.vision_probe --resolution 224 --patch-size 28   # the tiny model before
+    python -m capstone.experiments.vision_probe            # as shipped: 96 px, 32-px patches
+    python -m capstone.experiments.vision_probe --resolution 224 --patch-size 28  # as before
 
 A tiny image tower learns colours and sizes quickly and shape kinds only after
 thousands of steps (see "What the tiny model sees" in the capstone docs). This
@@ -29,7 +29,8 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from capstone import cli, pretrain
+from capstone import cli
+from capstone.factory import pretrain
 from solutions import scenes
 from solutions.model import Model, init_params
 from solutions.train import cosine_schedule

@@ -1,6 +1,6 @@
 """Will it fit? Peak accelerator memory of one training step, before you try.
 
-    python -m capstone.memory --model paligemma-3b-pt-224 --batch-size 8 \\
+    python -m capstone.tools.memory --model paligemma-3b-pt-224 --batch-size 8 \\
         --seqlen 128 --trainable attn
 
 The step is the one `solutions.train.make_update_fn` builds (frozen parameters
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from capstone import cli
-from solutions.configs import CHECKPOINTS, UnknownCheckpointError, get_checkpoint
+from solutions.configs import CHECKPOINTS, UnknownCheckpointError, get_checkpoint, with_remat
 from solutions.model import Model, param_shapes
 from solutions.train import make_update_fn, trainable_mask
 
@@ -58,12 +58,6 @@ def abstract_inputs(
 
 def _bytes(tree) -> int:
     return sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-def with_remat(config: dict, policy: str = "nothing_saveable") -> dict:
-    """`config` with both towers recomputing layer activations in the backward pass: a few %
-    more compute for a large cut in memory (the notebook trains the 3B model this way)."""
-    return {tower: {**config[tower], "remat_policy": policy} for tower in ("img", "llm")}
 
 
 def training_step_memory(

@@ -1,7 +1,7 @@
 """Builds the course's shipped model: a small PaliGemma pretrained on scenes.
 
-    python -m capstone.pretrain                 # writes capstone/assets/tiny/
-    python -m capstone.pretrain --steps 20 --out /tmp/try   # a quick trial
+    python -m capstone.factory.pretrain                 # writes capstone/assets/tiny/
+    python -m capstone.factory.pretrain --steps 20 --out /tmp/try   # a quick trial
 
 The real PaliGemma cannot be downloaded here, so the course ships its own:
 the same architecture at small size, pretrained from scratch on images our
@@ -42,17 +42,18 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from capstone import cli, pretrain_vision
+from capstone import cli
+from capstone.factory import pretrain_vision
 from solutions import scenes
+from solutions.checkpoints import TINY_ASSETS, float32_params, load_tiny, read_tiny_card
 from solutions.evaluate import decode
 from solutions.files import write_atomic
-from solutions.model import Model, count_params, init_params, param_shapes
-from solutions.params import load_params, save_params
+from solutions.model import Model, count_params, init_params
+from solutions.params import save_params
 from solutions.preprocess import postprocess_tokens, preprocess_image, preprocess_tokens
-from solutions.tokenizer import load_tokenizer, train_tokenizer
+from solutions.tokenizer import train_tokenizer
 from solutions.train import cosine_schedule, init_train_state, make_update_fn, trainable_mask
 
-ASSETS = pathlib.Path(__file__).resolve().parent / "assets" / "tiny"
 # 3 x 3 patches of 32 pixels -> 9 image tokens, one per grid cell of a scene: every shape
 # lies whole inside one patch, so the tower sees each shape's outline at once.
 RESOLUTION = 96
@@ -82,7 +83,7 @@ def tiny_config(vocab_size: int) -> dict:
 class Settings:
     """Pretraining knobs; the defaults build the shipped model."""
 
-    # Stage 0: the image tower alone (capstone.pretrain_vision). Kinds come last: it reads a
+    # Stage 0: the image tower alone (capstone.factory.pretrain_vision). Kinds come last: it reads a
     # validation patch's kind right 67% of the time after 2,000 steps, 93% after 10,000 and
     # 98% after 16,000, as the learning rate comes down.
     vision_steps: int = 16000
@@ -295,12 +296,6 @@ def _rounded(scores: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}
 
 
-def float32_params(params) -> dict:
-    """The tree with every leaf as a float32 jax array: the shipped bfloat16 weights,
-    ready to decode or train on a CPU."""
-    return jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
-
-
 def _shippable(params) -> dict:
     return jax.tree.map(lambda p: np.asarray(p).astype(ml_dtypes.bfloat16), params)
 
@@ -337,10 +332,8 @@ def rescore(out: pathlib.Path) -> dict:
     """Scores the model in `out` again with today's `evaluate`, on the scenes its card names,
     and rewrites the scores in config.json and MODEL_CARD.md; training facts stay as they
     were. Greedy decoding is deterministic, so scores that existed before come back equal."""
-    card = json.loads((out / "config.json").read_text())
-    tokenizer = load_tokenizer(out / "tokenizer.model")
-    model = Model(**card["config"])
-    params = load_params(out / "params.npz", like=param_shapes(model, card["resolution"]))
+    card = read_tiny_card(out)
+    model, _, params, tokenizer = load_tiny(out)
     params = float32_params(params)
     settings = Settings(**card["settings"])
     card["scores"].update(score_held_out(params, model, tokenizer, render_held_out(settings)))
@@ -504,13 +497,13 @@ Config: `config.json`. Tokenizer: `tokenizer.model` (PaliGemma's id layout).
 
 ## How it was made
 
-`python -m capstone.pretrain`, in two stages over {s["num_scenes"]} generated scenes:
+`python -m capstone.factory.pretrain`, in two stages over {s["num_scenes"]} generated scenes:
 
 0. the image tower alone learns what each patch shows (kind, colour and size
    of its shape and of a shape stacked on it, or background) and the
    background's pattern and tone:
    {s["vision_steps"]} Adam steps, batch {s["vision_batch_size"]}, peak learning rate
-   {s["vision_learning_rate"]} (`capstone.pretrain_vision`; its read-outs are then dropped,
+   {s["vision_learning_rate"]} (`capstone.factory.pretrain_vision`; its read-outs are then dropped,
    as SigLIP's training heads are for the real model);
 1. the whole model on the tasks {tasks}: {s["steps"]} Adam steps, batch
    {s["batch_size"]}, peak learning rate {s["learning_rate"]}.
@@ -557,7 +550,7 @@ def settings_from_args(args: argparse.Namespace, settings_class):
 @cli.command
 def main(argv: list[str]) -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=pathlib.Path, default=ASSETS)
+    parser.add_argument("--out", type=pathlib.Path, default=TINY_ASSETS)
     add_settings_flags(parser, Settings)
     parser.add_argument(
         "--rescore",

@@ -1,7 +1,7 @@
 """Speed of the course's PaliGemma, side by side with Hugging Face transformers.
 
-    python -m capstone.bench                      # ours only
-    python -m capstone.bench --vs-transformers    # ours and transformers, same weights
+    python -m capstone.tools.bench                      # ours only
+    python -m capstone.tools.bench --vs-transformers    # ours and transformers, same weights
 
 Two measurements on `solutions.configs.BENCH_CONFIG` (112px images, 64 image
 tokens; Gemma width 256, 4 layers, 1 key/value head, vocabulary 2048):

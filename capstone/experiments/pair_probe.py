@@ -1,7 +1,7 @@
 """Does the image tower see the kind of a shape whose colour-kind pair it never saw?
 
-    python -m capstone.pair_probe                 # the shipped model, about 4 minutes
-    python -m capstone.pair_probe --assets runs/pretrain-try
+    python -m capstone.experiments.pair_probe                 # the shipped model, about 4 minutes
+    python -m capstone.experiments.pair_probe --assets runs/pretrain-try
 
 The shipped model never names a held-out colour-kind pair (`scenes.HELD_OUT_PAIRS`,
 e.g. a blue triangle): it writes the colour, then a kind that went with that
@@ -32,9 +32,10 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from capstone import cli, finetune, pretrain
-from capstone.pretrain_vision import OBJECT_WEIGHT, PATCH_LABELS, stack_targets
-from solutions import scenes
+from capstone import cli
+from capstone.factory import pretrain
+from capstone.factory.pretrain_vision import OBJECT_WEIGHT, PATCH_LABELS, stack_targets
+from solutions import checkpoints, scenes
 from solutions.model import Model
 
 KINDS = PATCH_LABELS["kind"]  # class 0 is background
@@ -136,8 +137,8 @@ def accuracy_by_pair(predicted, kinds, colours) -> dict[str, float]:
 def probe(assets: pathlib.Path, num_train: int, num_test: int, steps: int, seed: int = 1) -> dict:
     """{"restricted pairs": {"seen", "held_out"}, "every pair": {...}}: the two read-outs'
     kind accuracy on test-scene patches (see the module docstring)."""
-    model, _, params, _ = finetune.load_tiny(assets)
-    params = pretrain.float32_params(params)
+    model, _, params, _ = checkpoints.load_tiny(assets)
+    params = checkpoints.float32_params(params)
     test = patch_features(model, params, scenes.split_scenes("test", num_test, seed), "test scenes")
     training_sets = {
         "restricted pairs": scenes.split_scenes("train", num_train, seed),
@@ -154,7 +155,7 @@ def probe(assets: pathlib.Path, num_train: int, num_test: int, steps: int, seed:
 @cli.command
 def main(argv: list[str]) -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--assets", type=pathlib.Path, default=finetune.ASSETS)
+    parser.add_argument("--assets", type=pathlib.Path, default=checkpoints.TINY_ASSETS)
     parser.add_argument("--num-train", type=int, default=3000, help="scenes per read-out")
     parser.add_argument("--num-test", type=int, default=400, help="test scenes scored")
     parser.add_argument("--steps", type=int, default=1500, help="read-out fitting steps")

@@ -8,7 +8,7 @@ each image patch. So the tiny model gets its own stage 0: the image tower, with
 small linear read-outs on top, learns what every patch of a scene shows (the
 kind, colour and size of the shape covering it, or background) and what the
 background is. The read-outs are thrown away; the tower's weights start
-`capstone.pretrain`, exactly where the real PaliGemma's SigLIP weights start
+`capstone.factory.pretrain`, exactly where the real PaliGemma's SigLIP weights start
 its multimodal pretraining.
 
     patch_targets(scene, grid=3)  -> {"kind": int32[9], "colour": ..., "kind_2": ...}

@@ -1,7 +1,7 @@
 """How fast the captioning app answers, in two numbers.
 
-    python -m capstone.app_timing                   # the shipped tiny model
-    python -m capstone.app_timing --assets /tmp/quick --repeats 20
+    python -m capstone.tools.app_timing                   # the shipped tiny model
+    python -m capstone.tools.app_timing --assets /tmp/quick --repeats 20
 
 (a) seconds to caption one 224x224 image once the model is warm (the median
     of --repeats captions; preprocessing, decoding and detokenizing), target
@@ -42,7 +42,7 @@ def first_caption(assets: pathlib.Path | None) -> None:
 
 def seconds_to_first_caption(assets: pathlib.Path | None) -> float:
     """Launches `first_caption` in a new interpreter; seconds until it reports."""
-    command = [sys.executable, "-m", "capstone.app_timing", "--first-caption"]
+    command = [sys.executable, "-m", "capstone.tools.app_timing", "--first-caption"]
     if assets is not None:
         command += ["--assets", str(assets)]
     start = time.perf_counter()
