@@ -23,13 +23,13 @@ written atomically every `--save-every` steps, on Ctrl-C and at the end),
 
 from __future__ import annotations
 
-import argparse
 import base64
 import dataclasses
+import functools
 import html
 import io
+import itertools
 import json
-import math
 import os
 import pathlib
 import sys
@@ -53,11 +53,14 @@ from solutions.params import load_params, save_params
 from solutions.preprocess import postprocess_tokens, preprocess_tokens
 from solutions.tokenizer import load_tokenizer
 from solutions.train import (
+    STRATEGIES,
     NonFiniteLossError,
+    TrainingInterrupted,
     cast_params,
     cosine_schedule,
     make_update_fn,
     split_params,
+    train_steps,
     trainable_mask,
 )
 
@@ -90,6 +93,64 @@ class Run:
     train: list
     evals: list[EvalSet]
     out: pathlib.Path
+
+
+@dataclasses.dataclass
+class Settings:
+    """The fine-tune's knobs, one flag each (`num_val` -> `--num-val`). `steps`,
+    `learning_rate` and `trainable` left None take the model's recipe (`with_recipe`)."""
+
+    model: str = cli.setting("tiny", "'tiny' (shipped) or a real name, e.g. paligemma-3b-pt-224")
+    assets: pathlib.Path = cli.setting(TINY_ASSETS, "folder of the shipped tiny model")
+    checkpoint: str | None = cli.setting(None, "a .npz path, or 'kaggle' to download")
+    data: str | None = cli.setting(None, "a longcap100-style folder (default: scenes)")
+    num_val: int = cli.setting(
+        50, "validation scenes to write and score (scenes data only; longcap100 has 10)", least=1
+    )
+    steps: int | None = cli.setting(
+        None, f"default: {TINY_RECIPE[0]} (tiny), {NOTEBOOK_RECIPE[0]} (real)", least=1
+    )
+    batch_size: int = cli.setting(8, "examples per step", least=1)
+    learning_rate: float | None = cli.setting(
+        None,
+        f"SGD peak; default: {TINY_RECIPE[1]} (tiny), {NOTEBOOK_RECIPE[1]} (real, the notebook's)",
+        least=0,
+    )
+    trainable: str | None = cli.setting(
+        None,
+        f"what trains; default: {TINY_RECIPE[2]} (tiny), {NOTEBOOK_RECIPE[2]} (real)",
+        choices=tuple(STRATEGIES),
+    )
+    seqlen: int = cli.setting(80, "tokens per example: prompt, caption and padding")
+    max_decode_len: int = cli.setting(72, "most tokens a caption may have", least=1)
+    save_every: int = cli.setting(50, "steps between checkpoints", least=1)
+    seed: int = cli.setting(0, "seed of the data order", least=0)  # numpy takes none below 0
+    on_error: str = cli.setting(
+        "raise", "bad dataset lines: stop, or skip and count them", choices=("raise", "skip")
+    )
+    out: pathlib.Path | None = cli.setting(None, "run folder (default: runs/finetune-<time>)")
+    resume: pathlib.Path | None = cli.setting(None, "run folder to continue")
+    # For experts studying a diverged run; documented in docs/troubleshooting.md.
+    allow_nonfinite_weights: bool = cli.setting(False, hidden=True)
+
+    def with_recipe(self) -> Settings:
+        """These settings with every None filled: the model's recipe, and a run folder."""
+        # The notebook's 64 steps at 0.03 on the attention weights move a 3B model; the tiny
+        # one, whose 3-layer decoder is far from long captions, needs more and bigger steps
+        # of the same SGD, on the whole decoder.
+        steps, learning_rate, trainable = TINY_RECIPE if self.model == "tiny" else NOTEBOOK_RECIPE
+        out = (
+            self.out
+            or self.resume
+            or pathlib.Path("runs") / time.strftime("finetune-%Y%m%d-%H%M%S")
+        )
+        return dataclasses.replace(
+            self,
+            steps=steps if self.steps is None else self.steps,
+            learning_rate=learning_rate if self.learning_rate is None else self.learning_rate,
+            trainable=trainable if self.trainable is None else self.trainable,
+            out=out,
+        )
 
 
 def prepare_data(data_arg: str | None, on_error: str, num_val: int = 50):
@@ -202,8 +263,9 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
 
 
-def train(run: Run, args, first_step: int) -> tuple[dict, list[float], str]:
-    """The notebook's loop; returns (params, losses, how it ended).
+def train(run: Run, settings: Settings, first_step: int) -> tuple[dict, list[float], str]:
+    """The notebook's loop (`solutions.train.train_steps`); returns (params, losses, how it
+    ended), saving into the run folder every `save_every` steps, on Ctrl-C and at the end.
 
     The run folder only ever receives finite parameters. A step whose loss is
     NaN or inf keeps its inputs (see `make_update_fn`), and those are saved.
@@ -212,56 +274,69 @@ def train(run: Run, args, first_step: int) -> tuple[dict, list[float], str]:
     finds them so, saves nothing, and the returned params are the last finite
     ones: the folder's checkpoint, or the run's starting parameters.
     """
-    trainable = trainable_mask(run.params, args.trainable)
+    trainable = trainable_mask(run.params, settings.trainable)
     params = cast_params(run.params, trainable, frozen_dtype=jnp.bfloat16)
     update_fn = make_update_fn(run.model, trainable)
     stream = data.batches(
         data.train_examples(
             run.train,
             tokenizer=run.tokenizer,
-            seqlen=args.seqlen,
+            seqlen=settings.seqlen,
             image_size=run.resolution,
-            seed=args.seed + first_step,
+            seed=settings.seed + first_step,
         ),
-        args.batch_size,
+        settings.batch_size,
     )
-    losses, ended, stopped = [], "finished", False
+    # The notebook's total of steps + 1: its last step still learns a little.
+    schedule = functools.partial(
+        cosine_schedule, total_steps=settings.steps + 1, base_lr=settings.learning_rate
+    )
+    bar = tqdm(desc="fine-tuning", unit="step", initial=first_step - 1, total=settings.steps)
     saved = first_step - 1  # the step whose parameters the run folder holds (0: none)
-    bar = tqdm(
-        range(first_step, args.steps + 1),
-        desc="fine-tuning",
-        unit="step",
-        initial=first_step - 1,
-        total=args.steps,
-    )
-    step = first_step - 1
+    blew_up = None  # the step and learning rate at which the parameters were found NaN or inf
 
     def finite(params) -> bool:
         return bool(_all_finite(split_params(params, trainable)[0]))  # frozen ones never change
 
+    def show_and_save(step, params, learning_rate, loss) -> bool:
+        nonlocal saved, blew_up
+        bar.update()
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{learning_rate:.3g}")
+        if step % settings.save_every:
+            return False
+        if not finite(params):
+            blew_up = (step, learning_rate)
+            return True  # stop: every later step would train on NaN
+        _save(run.out, params, step)
+        saved = step
+        return False
+
+    losses, stopped = [], False
     try:
-        for step in bar:
-            # The notebook's total of steps + 1: its last step still learns a little.
-            lr = cosine_schedule(step, total_steps=args.steps + 1, base_lr=args.learning_rate)
-            params, loss = update_fn(params, next(stream), lr)
-            loss = float(loss)
-            if not np.isfinite(loss):
-                raise NonFiniteLossError(step, loss, float(lr), params)
-            losses.append(loss)
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{float(lr):.3g}")
-            if step % args.save_every == 0:
-                if not finite(params):
-                    ended, stopped = f"stopped at step {step} (learning rate {float(lr):.3g})", True
-                    break
-                _save(run.out, params, step)
-                saved = step
-    except KeyboardInterrupt:
-        ended = f"interrupted at step {step}"
-        step -= 1  # that step's update did not complete
+        params, losses = train_steps(
+            update_fn,
+            params,
+            itertools.islice(stream, settings.steps - first_step + 1),
+            schedule,
+            first_step=first_step,
+            on_step=show_and_save,
+        )
+        step = first_step - 1 + len(losses)
+        if blew_up is None:
+            ended = "finished"
+        else:
+            step, learning_rate = blew_up
+            ended, stopped = f"stopped at step {step} (learning rate {learning_rate:.3g})", True
+    except TrainingInterrupted as err:
+        params, losses, step = err.state, err.losses, err.step
+        ended = f"interrupted after step {step}"
     except NonFiniteLossError as err:
+        params, losses, step = err.state, err.losses, err.step - 1
         ended = f"stopped: Loss is {err.loss} at step {err.step} "
         ended += f"(learning rate {err.learning_rate:.3g})"
-        stopped, params, step = True, err.state, err.step - 1
+        stopped = True
+    finally:
+        bar.close()
     if finite(params):
         if step > saved:
             _save(run.out, params, step)
@@ -354,135 +429,71 @@ def write_report(run: Run, captions: dict, metrics: dict, path: pathlib.Path) ->
     )
 
 
-def parse_args(argv):
-    """The command line as a Namespace; flags that cannot work are refused here, before any
-    work (one line and exit code 2), each naming the flag and what it accepts."""
-    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--model", default="tiny", help="'tiny' (shipped) or a real name, e.g. paligemma-3b-pt-224"
-    )
-    p.add_argument(
-        "--assets", type=pathlib.Path, default=TINY_ASSETS, help="folder of the shipped tiny model"
-    )
-    p.add_argument("--checkpoint", default=None, help="a .npz path, or 'kaggle' to download")
-    p.add_argument("--data", default=None, help="a longcap100-style folder (default: scenes)")
-    p.add_argument(
-        "--num-val",
-        type=int,
-        default=50,
-        help="validation scenes to write and score (scenes data only; longcap100 has 10)",
-    )
-    p.add_argument(
-        "--steps", type=int, default=None, help=f"default: {TINY_RECIPE[0]} (tiny), 64 (real)"
-    )
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument(
-        "--learning-rate",
-        type=float,
-        default=None,
-        help=f"SGD peak; default: {TINY_RECIPE[1]} (tiny), 0.03 (real, the notebook's)",
-    )
-    p.add_argument(
-        "--trainable",
-        default=None,
-        choices=["attn", "llm", "all"],
-        help=f"default: {TINY_RECIPE[2]} (tiny), {NOTEBOOK_RECIPE[2]} (real, the notebook's)",
-    )
-    p.add_argument("--seqlen", type=int, default=80)
-    p.add_argument("--max-decode-len", type=int, default=72)
-    p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--on-error",
-        default="raise",
-        choices=["raise", "skip"],
-        help="bad dataset lines: stop, or skip and count them",
-    )
-    p.add_argument("--out", type=pathlib.Path, default=None, help="run folder")
-    p.add_argument("--resume", type=pathlib.Path, default=None, help="run folder to continue")
-    # For experts studying a diverged run; documented in docs/troubleshooting.md.
-    p.add_argument("--allow-nonfinite-weights", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    # The notebook's 64 steps at 0.03 on the attention weights move a 3B model; the tiny one,
-    # whose 3-layer decoder is far from long captions, needs more and bigger steps of the same
-    # SGD, on the whole decoder.
-    steps, learning_rate, trainable = TINY_RECIPE if args.model == "tiny" else NOTEBOOK_RECIPE
-    args.steps = steps if args.steps is None else args.steps
-    args.learning_rate = learning_rate if args.learning_rate is None else args.learning_rate
-    args.trainable = trainable if args.trainable is None else args.trainable
-    if args.out is None:
-        args.out = args.resume or pathlib.Path("runs") / time.strftime("finetune-%Y%m%d-%H%M%S")
+def parse_settings(argv) -> Settings:
+    """The command line as `Settings` with the recipe filled in; flags that cannot work are
+    refused here, before any work (one line and exit code 2), each naming the flag and what
+    it accepts."""
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    settings, _ = cli.parse_settings(parser, Settings, argv)
+    settings = settings.with_recipe()
     try:
-        check_args(args)
+        check_settings(settings)
     except ValueError as err:
-        p.error(str(err))
-    return args
+        parser.error(str(err))
+    return settings
 
 
-def check_args(args) -> None:
-    """Raises ValueError, naming the flag and what it accepts, for a setting that would fail
-    later (after minutes of loading, or at the last step) or quietly mislead."""
-    for flag, value, least in (
-        ("--steps", args.steps, 1),
-        ("--batch-size", args.batch_size, 1),
-        ("--num-val", args.num_val, 1),
-        ("--max-decode-len", args.max_decode_len, 1),
-        ("--save-every", args.save_every, 1),
-        ("--seed", args.seed, 0),  # numpy's generators take no negative seed
-    ):
-        if value < least:
-            raise ValueError(f"{flag} must be at least {least}, not {value}")
-    if not (math.isfinite(args.learning_rate) and args.learning_rate >= 0):
-        raise ValueError(
-            "--learning-rate must be a finite number of at least 0 (the notebook's is 0.03), "
-            f"not {args.learning_rate}"
-        )
-    _check_model(args)
-    _check_seqlen(args)
-    if args.data is not None:
-        _check_data_folder(pathlib.Path(args.data))
-    if args.resume is not None:
-        if args.out != args.resume:
+def check_settings(settings: Settings) -> None:
+    """Raises ValueError, naming the flag and what it accepts, for settings that would fail
+    later (after minutes of loading, or at the last step) or quietly mislead; each field's
+    own range is checked by `cli.check_settings`."""
+    cli.check_settings(settings)
+    _check_model(settings)
+    _check_seqlen(settings)
+    if settings.data is not None:
+        _check_data_folder(pathlib.Path(settings.data))
+    if settings.resume is not None:
+        if settings.out != settings.resume:
             raise ValueError(
-                f"--out {args.out} and --resume {args.resume} name two folders; a resumed run "
-                "stays in its own folder, so drop --out"
+                f"--out {settings.out} and --resume {settings.resume} name two folders; a resumed "
+                "run stays in its own folder, so drop --out"
             )
-        done = _resumable_step(args.resume)
-        if args.steps < done:
+        done = _resumable_step(settings.resume)
+        if settings.steps < done:
             raise ValueError(
-                f"--steps {args.steps} is fewer than the {done} steps {args.resume} has done; "
-                f"--steps is the total to reach, so pass at least {done}"
+                f"--steps {settings.steps} is fewer than the {done} steps {settings.resume} has "
+                f"done; --steps is the total to reach, so pass at least {done}"
             )
-    _check_writable_folder(args.out)
+    _check_writable_folder(settings.out)
 
 
-def _check_model(args) -> None:
-    if args.model == "tiny":
-        if args.checkpoint is not None:
+def _check_model(settings) -> None:
+    if settings.model == "tiny":
+        if settings.checkpoint is not None:
             raise ValueError(
                 "--checkpoint is for a real --model; the tiny model's weights are in --assets"
             )
         return
     try:
-        get_checkpoint(args.model)
+        get_checkpoint(settings.model)
     except UnknownCheckpointError as err:
         raise ValueError(f"--model: {err} Or 'tiny', the shipped model.") from None
-    if args.checkpoint is None:
+    if settings.checkpoint is None:
         raise ValueError(
-            f"--model {args.model} needs --checkpoint: the path of its .npz, or 'kaggle' to "
+            f"--model {settings.model} needs --checkpoint: the path of its .npz, or 'kaggle' to "
             "download it"
         )
-    if args.checkpoint != "kaggle" and not pathlib.Path(args.checkpoint).is_file():
-        raise ValueError(f"--checkpoint {args.checkpoint}: no such file; or pass 'kaggle'")
+    if settings.checkpoint != "kaggle" and not pathlib.Path(settings.checkpoint).is_file():
+        raise ValueError(f"--checkpoint {settings.checkpoint}: no such file; or pass 'kaggle'")
 
 
-def _check_seqlen(args) -> None:
+def _check_seqlen(settings) -> None:
     """--seqlen must hold the prompt and one caption token; the prompt is counted with the
     tokenizer when it is on disk already (the tiny model's, or one beside --checkpoint)."""
-    if args.model == "tiny":
-        tokenizer_path = args.assets / "tokenizer.model"
-    elif args.checkpoint != "kaggle":
-        tokenizer_path = pathlib.Path(args.checkpoint).parent / TOKENIZER_FILENAME
+    if settings.model == "tiny":
+        tokenizer_path = settings.assets / "tokenizer.model"
+    elif settings.checkpoint != "kaggle":
+        tokenizer_path = pathlib.Path(settings.checkpoint).parent / TOKENIZER_FILENAME
     else:
         tokenizer_path = None
     if tokenizer_path is None or not tokenizer_path.is_file():
@@ -493,8 +504,8 @@ def _check_seqlen(args) -> None:
         least = prompt + 1
         why = f"the prompt {PROMPT!r} takes {prompt} tokens with BOS and the separator, and "
         why += "a caption at least one more"
-    if args.seqlen < least:
-        raise ValueError(f"--seqlen must be at least {least}, not {args.seqlen}: {why}")
+    if settings.seqlen < least:
+        raise ValueError(f"--seqlen must be at least {least}, not {settings.seqlen}: {why}")
 
 
 def _check_data_folder(root: pathlib.Path) -> None:
@@ -555,34 +566,36 @@ def _check_writable_folder(folder: pathlib.Path) -> None:
 
 @cli.command
 def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+    settings = parse_settings(argv)
     start = time.perf_counter()
-    out = args.out  # made by its first write: a run that fails before one leaves no folder
-    train_set, evals = prepare_data(args.data, args.on_error, args.num_val)  # fails fastest
-    if args.model == "tiny":
-        loaded = load_tiny(args.assets, allow_nonfinite=args.allow_nonfinite_weights)
+    out = settings.out  # made by its first write: a run that fails before one leaves no folder
+    train_set, evals = prepare_data(
+        settings.data, settings.on_error, settings.num_val
+    )  # fails fastest
+    if settings.model == "tiny":
+        loaded = load_tiny(settings.assets, allow_nonfinite=settings.allow_nonfinite_weights)
     else:
         loaded = load_real(
-            args.model, args.checkpoint, allow_nonfinite=args.allow_nonfinite_weights
+            settings.model, settings.checkpoint, allow_nonfinite=settings.allow_nonfinite_weights
         )
     model, resolution, params, tokenizer = loaded
     run = Run(model, resolution, params, tokenizer, train_set, evals, out)
 
     first_step = 1
-    if args.resume:
+    if settings.resume:
         for name in ("checkpoint.npz", "state.json"):
             remove_stale_temporaries(out / name)  # of writes killed in the run resumed
         first_step = _resumable_step(out) + 1
         run.params = load_params(
             out / "checkpoint.npz",
             like=param_shapes(model, resolution),
-            allow_nonfinite=args.allow_nonfinite_weights,
+            allow_nonfinite=settings.allow_nonfinite_weights,
         )
         print(f"Resuming {out} from step {first_step}")
 
-    decode = (args.seqlen, args.max_decode_len, 10)
+    decode = (settings.seqlen, settings.max_decode_len, 10)
     captions = {"before": caption_sets(run, run.params, decode)}
-    params, losses, ended = train(run, args, first_step)
+    params, losses, ended = train(run, settings, first_step)
     captions["after"] = caption_sets(run, params, decode)
 
     metrics = {
@@ -590,7 +603,7 @@ def main(argv: list[str]) -> int:
             when: {e.name: score(e, by_set[e.name]) for e in evals}
             for when, by_set in captions.items()
         },
-        "steps": args.steps,
+        "steps": settings.steps,
         "ended": ended,
         "final_loss": losses[-1] if losses else None,
         "seconds": round(time.perf_counter() - start, 1),

@@ -204,9 +204,12 @@ check("ex5_1")
 # | 16-bit ("I;16", scans, medical) | values up to 65535 | values up to 513, far out of range |
 # | phone photo with EXIF orientation | the pixels as the sensor stored them | lying on its side |
 #
-# `solutions.preprocess.preprocess_image` handles each case before calling `resize_and_scale`:
+# `solutions.preprocess.preprocess_image` handles each case before calling `resize_and_scale`,
+# with one policy for every picture the course reads (`upright_rgb`; files go through
+# `open_image` first, which also refuses oversized ones from their header):
 # `ImageOps.exif_transpose` turns the photo upright, Pillow converts palette, CMYK and grey to
-# RGB, and 16-bit stays 16-bit with 65535 as white.
+# RGB, and 16-bit is scaled to 8 bits (65535 -> 255; Pillow alone would clip it at 255). Eight
+# bits are what PaliGemma was trained on: the scaling moves a value by under half a step.
 
 
 # %%

@@ -45,7 +45,7 @@ import time
 import jax
 import matplotlib.pyplot as plt
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: F401 (exercise 9.1 uses them)
+from PIL import Image
 
 import solutions
 from solutions.app import (
@@ -62,7 +62,7 @@ from solutions.app import (
     tiny_assets_dir,
 )
 from solutions.evaluate import Sampler  # noqa: F401 (exercise 9.3 uses it)
-from solutions.preprocess import MAX_IMAGE_PIXELS
+from solutions.preprocess import MAX_IMAGE_PIXELS, open_image
 from tests.grading import check
 
 REPO = pathlib.Path(solutions.__file__).resolve().parent.parent
@@ -258,19 +258,26 @@ print(
 print(f"Pillow's own error at {2 * Image.MAX_IMAGE_PIXELS:,} pixels")
 
 # %% [markdown]
+# Every image file the course reads, a training example's, a path given to `preprocess_image`
+# or an upload, goes through one function, `solutions.preprocess.open_image`, so they all
+# follow one policy. Its three steps are the table's rows: open the header (only the formats
+# asked for), check the pixel count, then decode with the EXIF orientation applied and convert
+# the mode (`upright_rgb`). Each failure is a `ValueError` whose message starts with the name
+# it was given and says what to do:
+
+# %%
+print(inspect.getsource(open_image).split('    """', 2)[2])
+
+# %% [markdown]
 # ### Exercise 9.1: read an upload
 #
-# Write `read_upload`. Open the bytes with `Image.open(io.BytesIO(data),
-# formats=ACCEPTED_FORMATS)`, check `width * height` against `max_pixels` (refuse only what is
-# larger), apply the EXIF orientation, and return an 8-bit RGB image of the file's own size:
-# 16-bit images (modes starting with `"I"`) are scaled by 1/257, images with transparency go
-# through `"RGBA"` (so a palette's transparent colour is dropped like any alpha), everything
-# else is converted by Pillow.
-#
-# Every failure must be an `ImageInputError` whose message starts with the file name and says
-# what to do: an empty file, something that is not one of the four formats, too many pixels
-# (give the size, e.g. `8000x8000`, and the limit), a header past Pillow's own guard, or pixel
-# data that turns out to be damaged when it is decoded.
+# Write `read_upload` on top of `open_image`: hand it the bytes, the file name (the messages
+# start with it), `max_pixels`, and `formats=ACCEPTED_FORMATS`, the four formats browsers show
+# (the other decoders Pillow has are rarely used, and rarely audited). The app tells a bad
+# upload from a bug by its type, so every refusal must reach the page as an `ImageInputError`
+# with `open_image`'s message: an empty file, something that is not one of the four formats,
+# too many pixels, a header past Pillow's own guard, or pixel data that turns out to be damaged
+# when it is decoded. A bug (say, a `TypeError`) must not be disguised as one.
 
 
 # %% tags=["exercise"]
@@ -279,7 +286,7 @@ def read_upload(data, file_name, *, max_pixels=MAX_IMAGE_PIXELS):
 
     Args:
       data: the file's bytes.
-      file_name: its name, used in error messages only.
+      file_name: its name, which error messages start with.
       max_pixels: images with more than this many pixels (width * height) are refused, from
         the header, before any pixel is decoded.
     Returns:
@@ -289,9 +296,7 @@ def read_upload(data, file_name, *, max_pixels=MAX_IMAGE_PIXELS):
       ImageInputError: empty, not a JPEG/PNG/WebP/GIF, too many pixels, or damaged pixel data;
         the message starts with `file_name` and says what to do.
     """
-    # Hint: three steps, each in its own try: Image.open (catch Image.DecompressionBombError,
-    # UnidentifiedImageError, OSError), the size check, then ImageOps.exif_transpose (it
-    # decodes: catch OSError). Last, convert: np.asarray(image) / 257 for modes "I...".
+    # Hint: one call in a try; catch ValueError (only it) and raise ImageInputError(str(error)).
     raise NotImplementedError("Exercise 9.1")
 
 

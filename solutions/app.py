@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from solutions import scenes
 from solutions.checkpoints import TINY_ASSETS, float32_params, load_real, load_tiny
@@ -37,6 +37,7 @@ from solutions.model import count_params, param_shapes
 from solutions.params import NonFiniteParamsError, load_params
 from solutions.preprocess import (
     MAX_IMAGE_PIXELS,
+    open_image,
     postprocess_tokens,
     preprocess_image,
     preprocess_tokens,
@@ -50,7 +51,6 @@ RUNS_DIR_ENV = "COURSE_RUNS_DIR"  # the fine-tune run folders (default ./runs)
 # show, which also keeps rarely used (and rarely audited) decoders away from uploads.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 ACCEPTED_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif")
-_FORMATS_TEXT = "a JPEG, PNG, WebP or GIF file"
 
 DEFAULT_PREFIX = "caption en"
 DEFAULT_MAX_LEN = 48  # covers the tiny model's pretraining targets; long captions need ~72
@@ -72,74 +72,26 @@ class ModelSourceError(RuntimeError):
 def read_upload(data: bytes, file_name: str, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Reads an uploaded file into an upright 8-bit RGB image, refusing anything unsafe.
 
-    JPEG, PNG, WebP and GIF are read (an animation gives its first frame), in
-    any of their modes: greyscale, palette, CMYK, 16-bit greyscale, with or
-    without alpha (alpha is dropped, as `preprocess_image` drops it). The
-    EXIF orientation is applied. The pixel count is checked from the header,
-    before any pixel is decoded, so a small file that claims to be enormous
-    costs nothing.
+    `solutions.preprocess.open_image` does the reading, with the one policy the
+    course has for every image file; the app only narrows it to the four
+    formats browsers show (`ACCEPTED_FORMATS`), which also keeps rarely used
+    (and rarely audited) decoders away from uploads.
 
     Args:
       data: the file's bytes.
-      file_name: its name, used in error messages only.
-      max_pixels: larger images are refused (default: `preprocess.MAX_IMAGE_PIXELS`).
+      file_name: its name, which error messages start with.
+      max_pixels: larger images are refused from the header (default:
+        `preprocess.MAX_IMAGE_PIXELS`).
     Returns:
       A PIL image of mode "RGB", the file's own size (upright).
     Raises:
-      ImageInputError: empty, not an image, another format (BMP, TIFF, HEIC,
-        ...), too many pixels, or damaged pixel data.
+      ImageInputError: empty, not a JPEG/PNG/WebP/GIF, too many pixels, or damaged
+        pixel data; the message names the file and what to do.
     """
-    if not data:
-        raise ImageInputError(f"{file_name} is empty (0 bytes); upload {_FORMATS_TEXT}.")
-    image = _open_header(data, file_name)
-    _check_pixels(image.size, file_name, max_pixels)
     try:
-        upright = ImageOps.exif_transpose(image)  # decodes the pixels of the first frame
-    except (OSError, ValueError, EOFError, SyntaxError) as error:
-        raise ImageInputError(
-            f"{file_name}: the image data is damaged ({error}); export or save it again "
-            "and upload the new file."
-        ) from None
-    return _to_rgb(upright)
-
-
-def _open_header(data: bytes, file_name: str) -> Image.Image:
-    """Reads only the header: format, size and mode are known, pixels are not decoded."""
-    try:
-        return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-    except Image.DecompressionBombError:
-        raise ImageInputError(
-            f"{file_name} claims more pixels than Pillow will decode; "
-            "downscale it and upload it again."
-        ) from None
-    except (UnidentifiedImageError, OSError, ValueError, EOFError, SyntaxError):
-        raise ImageInputError(
-            f"{file_name} is not a JPEG, PNG, WebP or GIF image (or its header is damaged); "
-            "upload one of those, converting other images to PNG or JPEG first."
-        ) from None
-
-
-def _check_pixels(size: tuple[int, int], file_name: str, max_pixels: int) -> None:
-    width, height = size
-    if width * height > max_pixels:
-        raise ImageInputError(
-            f"{file_name} is {width}x{height} = {width * height:,} pixels, over the limit of "
-            f"{max_pixels:,}; downscale it (a few megapixels is plenty: the model sees at "
-            "most 896x896) and upload it again."
-        )
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode of the accepted formats -> mode "RGB" (alpha dropped)."""
-    if image.mode.startswith("I"):
-        # 16-bit greyscale PNG: Pillow's own conversion would clip at 255, turning
-        # most of the picture white; scale 0..65535 down to 0..255 instead.
-        wide = np.clip(np.asarray(image, np.float64), 0, 65535)
-        return Image.fromarray(np.round(wide / 257).astype(np.uint8)).convert("RGB")
-    if image.has_transparency_data:
-        # Through RGBA: a palette's transparent colour is then dropped like any alpha.
-        image = image.convert("RGBA")
-    return image.convert("RGB")
+        return open_image(data, file_name, max_pixels=max_pixels, formats=ACCEPTED_FORMATS)
+    except ValueError as error:
+        raise ImageInputError(str(error)) from None
 
 
 # --------------------------------------------------------------------------- sample scenes

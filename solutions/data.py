@@ -34,6 +34,7 @@ from PIL import Image
 from solutions.preprocess import (
     MAX_IMAGE_PIXELS,
     TruncationStats,
+    open_image,
     preprocess_image,
     preprocess_tokens,
 )
@@ -191,30 +192,20 @@ def _reason(err: DataError) -> str:
 
 
 def load_image(example: Example, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Opens an example's image fully, or raises DataError naming its line.
+    """Opens an example's image as upright 8-bit RGB (`solutions.preprocess.open_image`),
+    or raises DataError naming its line.
 
     An image of more than `max_pixels` pixels is refused from its header, before
     its pixels are decoded (see `solutions.preprocess.MAX_IMAGE_PIXELS`).
     """
     where = f"{example.source}: image {example.image_path}"
     try:
-        # This function enforces its own limit, below Pillow's: no need for Pillow's warning.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(example.image_path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise DataError(
-                        f"{where} has {width}x{height} = {width * height:,} pixels, over the "
-                        f"limit of {max_pixels:,}; downscale it"
-                    )
-                image.load()
-                return image.copy()
+        return open_image(example.image_path, where, max_pixels=max_pixels)
     except FileNotFoundError:
         raise DataError(f"{where} does not exist") from None
-    except Image.DecompressionBombError as err:  # Pillow's own guard, in the header
-        raise DataError(f"{where} is too large to decode safely ({err}); downscale it") from None
-    except (OSError, SyntaxError) as err:
+    except ValueError as err:  # its message starts with `where` and says what to do
+        raise DataError(str(err)) from None
+    except OSError as err:  # no permission, a folder, ...
         raise DataError(f"{where} is not a readable image ({err})") from None
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from solutions.gemma import gemma_config, slice_layers_once
+from solutions.vocabulary import EOS_ID, PAD_ID
 
 __all__ = [
     "EOS_TOKEN",
@@ -42,8 +43,9 @@ __all__ = [
     "sample_logits",
 ]
 
-EOS_TOKEN = 1  # PaliGemma's tokenizer: pad 0, eos 1, bos 2.
-PAD_TOKEN = 0  # Fills a row after its EOS, so postprocessing may cut at EOS or drop pads.
+# Lesson 8's names for the vocabulary's ids: a row stops at EOS, and is padded after it, so
+# postprocessing may cut at EOS or drop pads.
+EOS_TOKEN, PAD_TOKEN = EOS_ID, PAD_ID
 
 BATCH_KEYS = ("image", "text", "mask_ar", "mask_input")
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pathlib
+from collections.abc import Iterator
+from typing import BinaryIO
 
 
 def temporary_path(path: str | os.PathLike) -> pathlib.Path:
@@ -51,23 +54,70 @@ def _process_runs(pid: int) -> bool:
     return True
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
-    """Writes `data` to `path` through a temporary file in the same folder and a
-    rename: readers see the old file or the new one, never a partial one.
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, *, mode: int | None = None) -> Iterator[BinaryIO]:
+    """A binary file to write `path` through: readers see the old file or the whole new
+    one, never a partial one, even after a crash or a power cut.
 
-    Creates missing parent folders; removes the temporary file if writing fails,
-    and those that killed writers of `path` left behind.
+        with atomic_open("runs/x/checkpoint.npz") as file:
+            np.savez(file, **arrays)
+
+    The bytes go to a temporary file beside `path` (`temporary_path`), reach the disk
+    (fsync), and only then are renamed over `path`. If the block raises, the temporary
+    file is removed and `path` is left as it was. Missing parent folders are made;
+    temporaries that killed writers of `path` left behind are removed first.
+
+    Args:
+      path: the file to write.
+      mode: its permission bits, e.g. 0o600 for a secret, set from the moment the
+        temporary file exists; default: a new file's usual mode (0o666 less the umask).
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+    remove_stale_temporaries(path)  # our own pid's leftover too, so O_EXCL below can succeed
     tmp = temporary_path(path)
+    # O_EXCL: a file already there (perhaps someone else's) is never reused with its old mode.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if mode is not None else 0o666)
     try:
-        if isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
-        else:
-            tmp.write_bytes(data)
+        with os.fdopen(fd, "wb") as file:
+            if mode is not None and hasattr(os, "fchmod"):
+                os.fchmod(file.fileno(), mode)  # exactly `mode`, whatever the umask
+            yield file
+            file.flush()
+            os.fsync(file.fileno())  # on disk before the rename makes it visible
         os.replace(tmp, path)
+        _sync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def _sync_folder(folder: pathlib.Path) -> None:
+    """Makes a rename in `folder` survive a power cut (POSIX: fsync the directory)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(
+    path: str | os.PathLike, data: bytes | str, *, mode: int | None = None
+) -> pathlib.Path:
+    """Writes `data` (a str is written as UTF-8) to `path` atomically (`atomic_open`):
+    readers see the old file or the new one, never a partial one.
+
+    Args:
+      path: the file to write; missing parent folders are made.
+      data: its whole contents.
+      mode: its permission bits (e.g. 0o600), set before any byte is written.
+    Returns:
+      `path` as a `pathlib.Path`.
+    Raises:
+      UnicodeEncodeError: a str that is not valid text (a lone surrogate); nothing written.
+    """
+    payload = data.encode("utf-8") if isinstance(data, str) else data  # fails before any write
+    with atomic_open(path, mode=mode) as file:
+        file.write(payload)
+    return pathlib.Path(path)

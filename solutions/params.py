@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from solutions.files import remove_stale_temporaries, temporary_path
+from solutions.files import atomic_open
 
 __all__ = [
     "CheckpointMismatchError",
@@ -149,17 +149,8 @@ def save_params(params: Mapping, path: str | os.PathLike) -> None:
     """
     path = pathlib.Path(path)
     arrays = {name: np.asarray(jax.device_get(x)) for name, x in flatten_params(params).items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    temp_path = temporary_path(path)
-    try:
-        with open(temp_path, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        os.replace(temp_path, path)
-    finally:
-        temp_path.unlink(missing_ok=True)
+    with atomic_open(path) as file:  # streamed: a 3B checkpoint never sits in memory twice
+        np.savez(file, **arrays)
 
 
 # -- loading ---------------------------------------------------------------------

@@ -24,19 +24,19 @@ import functools
 import io
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
+
+from solutions.vocabulary import BOS_ID, EOS_ID, PAD_ID, SEPARATOR, check_layout
 
 # A 48-megapixel phone photo (8064 x 6048) fits; anything larger is refused
 # before its pixels are decoded, so a tiny malicious PNG that claims to be
 # 100,000 x 100,000 pixels cannot exhaust memory.
 MAX_IMAGE_PIXELS = 50_000_000
 
-PAD_ID, EOS_ID, BOS_ID = 0, 1, 2  # PaliGemma's tokenizer ids.
-SEPARATOR = "\n"  # Ends the prefix; the suffix starts after it.
 
 # Pillow's modes that hold one 16-bit (or wider) integer per pixel. 16-bit
 # greyscale PNG and TIFF files open in one of these.
@@ -54,15 +54,14 @@ def preprocess_image(
 
     Accepted inputs and how their values are read:
 
-    - `PIL.Image.Image` in any common mode. Palette ("P", "PA"), "CMYK", "1",
-      "L", "LA", "YCbCr", "LAB", "HSV" are converted to RGB by Pillow;
-      16-bit greyscale ("I;16*", and "I" with values in 0..65535) keeps its
-      full precision, 65535 being white; "F" is read like a float array.
-      The EXIF orientation tag is applied (`ImageOps.exif_transpose`), so a
-      phone photo taken upright is seen upright. Animated images give their
-      first frame.
+    - `PIL.Image.Image` in any common mode, read by `upright_rgb`: palette
+      ("P", "PA"), "CMYK", "1", "L", "LA", "YCbCr", "LAB", "HSV" are converted
+      to RGB by Pillow; 16-bit greyscale ("I;16*", and "I" with values in
+      0..65535) is scaled to 8 bits, 65535 being white; "F" holds floats in
+      0..1. The EXIF orientation tag is applied (`ImageOps.exif_transpose`), so
+      a phone photo taken upright is seen upright.
     - A path (`str` or `os.PathLike`), `bytes`, or a binary file object (e.g.
-      an uploaded file): opened with Pillow as above.
+      an uploaded file): read by `open_image` (animations give their first frame).
     - `np.ndarray` of shape [H, W], [H, W, 1] (greyscale), [H, W, 2]
       (greyscale + alpha), [H, W, 3] (RGB) or [H, W, 4] (RGBA), with dtype
       uint8 (0..255), uint16 (0..65535), bool (True is white) or float
@@ -136,74 +135,146 @@ def _tensorflow():
 def _to_rgb_array(image: Any, max_pixels: int) -> np.ndarray:
     """Any supported input -> uint8, uint16 or float32[H, W, 3] in its dtype's full scale."""
     if isinstance(image, Image.Image):
-        return _pil_to_rgb(image, max_pixels, "image")
+        return np.asarray(upright_rgb(image, "image", max_pixels=max_pixels))
     if hasattr(image, "__array__"):  # numpy, and jax or TF arrays too.
         pixels = np.asarray(image)
         if pixels.ndim in (2, 3):  # Other shapes get a clear error from _array_to_rgb.
             _check_pixel_count(pixels.shape[:2], max_pixels, "array")
         return _array_to_rgb(pixels)
-    if isinstance(image, (str, os.PathLike)):
-        with _open_image(image, str(image)) as opened:
-            return _pil_to_rgb(opened, max_pixels, str(image))
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        source = f"{len(image)} bytes"
-        with _open_image(io.BytesIO(image), source) as opened:
-            return _pil_to_rgb(opened, max_pixels, source)
-    if hasattr(image, "read"):
-        source = str(getattr(image, "name", "file object"))
-        return _pil_to_rgb(_open_image(image, source), max_pixels, source)
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(
+        image, "read"
+    ):
+        return np.asarray(open_image(image, max_pixels=max_pixels))
     raise TypeError(
         f"preprocess_image cannot read an object of type {type(image).__name__}: pass a PIL image, "
         "a numpy array, a path, bytes, or a binary file object"
     )
 
 
-def _open_image(file: Any, source: str) -> Image.Image:
-    """Reads only the header: size and mode are known, pixels are not decoded yet."""
+def open_image(
+    file: Any,
+    source: str | None = None,
+    *,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    formats: Sequence[str] | None = None,
+) -> Image.Image:
+    """Reads an image file into an upright 8-bit RGB image, refusing anything unsafe.
+
+    The one reader of image files: `preprocess_image`, the data pipeline
+    (`solutions.data.load_image`) and the app's uploads all build on it. The
+    pixel count is checked from the header, before any pixel is decoded, so a
+    small file that claims to be enormous costs nothing; then the pixels are
+    decoded, the EXIF orientation applied and the mode converted by
+    `upright_rgb` (16-bit greyscale scaled to 8 bits, alpha dropped). An
+    animation gives its first frame.
+
+    Args:
+      file: a path (`str` or `os.PathLike`), `bytes`, or a binary file object.
+      source: the name error messages start with (default: the path, or "N bytes").
+      max_pixels: images with more pixels (width * height) are refused.
+      formats: Pillow format names to accept, e.g. ("JPEG", "PNG"); default: any
+        Pillow reads.
+    Returns:
+      A PIL image of mode "RGB", the file's own size (upright).
+    Raises:
+      FileNotFoundError, PermissionError: a path the file system refuses.
+      ValueError: its message starts with `source` and says what to do: empty, not an
+        image (of `formats`), too many pixels, or damaged pixel data.
+    """
+    if source is None:
+        source = _source_name(file)
+    if isinstance(file, (bytes, bytearray, memoryview)):
+        if not len(file):
+            raise ValueError(f"{source} is empty (0 bytes); {_kinds_text(formats)} is needed.")
+        file = io.BytesIO(file)
+    with warnings.catch_warnings():
+        # `max_pixels` is checked below, lower than Pillow's guard: its warning adds nothing.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        header = _open_header(file, source, formats)
+        with header:
+            return upright_rgb(header, source, max_pixels=max_pixels)
+
+
+def _source_name(file: Any) -> str:
+    if isinstance(file, (str, os.PathLike)):
+        return str(file)
+    if isinstance(file, (bytes, bytearray, memoryview)):
+        return f"{len(file)} bytes"
+    return str(getattr(file, "name", "file object"))
+
+
+def _kinds_text(formats: Sequence[str] | None) -> str:
+    """("JPEG", "PNG", "WEBP") -> "a JPEG, PNG or WEBP image"; None -> "an image"."""
+    if not formats:
+        return "an image"
+    names = list(formats)
+    return "a " + (", ".join(names[:-1]) + " or " if len(names) > 1 else "") + names[-1] + " image"
+
+
+def _open_header(file: Any, source: str, formats: Sequence[str] | None) -> Image.Image:
+    """Reads only the header: format, size and mode are known, pixels are not decoded yet."""
     try:
-        return Image.open(file)
-    except Image.DecompressionBombError as error:
-        # Pillow's own guard, at twice Image.MAX_IMAGE_PIXELS, fired first.
-        raise ValueError(f"{source}: image too large to decode safely ({error})") from None
-    except UnidentifiedImageError:
+        return Image.open(file, formats=formats)
+    except Image.DecompressionBombError:  # Pillow's own guard, at twice Image.MAX_IMAGE_PIXELS
         raise ValueError(
-            f"{source} is not an image Pillow can read (PNG, JPEG, GIF, WebP, TIFF, ...); "
-            "check the file"
+            f"{source} claims more pixels than Pillow will decode; downscale it first."
         ) from None
     except OSError as error:
         if error.errno is not None:
             raise  # The file system's own error (missing file, no permission) says it best.
-        raise ValueError(f"{source}: the image data is damaged ({error})") from None
+    except (ValueError, EOFError, SyntaxError):
+        pass  # a header Pillow began to read and could not finish: damaged
+    raise ValueError(
+        f"{source} is not {_kinds_text(formats)} Pillow can read, or its header is damaged; "
+        "convert it to PNG or JPEG and use that file."
+    )
+
+
+def upright_rgb(image: Image.Image, source: str, *, max_pixels: int = MAX_IMAGE_PIXELS):
+    """An opened PIL image as the model's pictures are read: the pixel count checked, the
+    EXIF orientation applied, the mode converted to 8-bit "RGB".
+
+    One policy for every mode: palette, CMYK, "1", "L", "LA" and the rest go through
+    Pillow's conversion (a transparent palette through "RGBA", so its transparent colour is
+    dropped like any alpha); 16-bit greyscale ("I;16*", and "I" with values in 0..65535) is
+    scaled by 1/257, not clipped at 255 as Pillow would; "F" holds floats in 0..1. Eight bits
+    are what PaliGemma was trained on: the scaling moves a value by under half an 8-bit step.
+
+    Raises:
+      ValueError: starting with `source`: too many pixels, damaged pixel data, or values
+        out of range for the mode.
+    """
+    width, height = image.size
+    _check_pixel_count((height, width), max_pixels, source)
+    try:
+        upright = ImageOps.exif_transpose(image)  # Decodes the pixels.
+    except (OSError, ValueError, EOFError, SyntaxError) as error:  # a good header, a bad body
+        raise ValueError(
+            f"{source}: the image data is damaged ({error}); export or save it again."
+        ) from None
+    if upright.mode in _WIDE_INT_MODES:
+        grey = _wide_int_to_uint16(np.asarray(upright), source)
+        return Image.fromarray(np.round(grey / 257).astype(np.uint8)).convert("RGB")
+    if upright.mode == "F":
+        floats = _normalize_dtype(np.asarray(upright))
+        return Image.fromarray(np.round(floats * 255).astype(np.uint8)).convert("RGB")
+    # Going through RGBA for transparent palettes avoids Pillow's warning about
+    # them; the alpha channel is dropped right after, like any other.
+    target = "RGBA" if upright.has_transparency_data else "RGB"
+    try:
+        return upright.convert(target).convert("RGB")
+    except ValueError as error:
+        raise ValueError(f"{source}: Pillow mode {upright.mode!r} has no RGB conversion") from error
 
 
 def _check_pixel_count(height_width: tuple[int, int], max_pixels: int, source: str) -> None:
     height, width = height_width
     if height * width > max_pixels:
         raise ValueError(
-            f"{source}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
-            f"{max_pixels:,} (max_pixels); downscale the image first or raise max_pixels"
+            f"{source} is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (max_pixels); downscale it first (a few megapixels is plenty: "
+            "PaliGemma sees at most 896x896)."
         )
-
-
-def _pil_to_rgb(image: Image.Image, max_pixels: int, source: str) -> np.ndarray:
-    width, height = image.size
-    _check_pixel_count((height, width), max_pixels, source)
-    try:
-        upright = ImageOps.exif_transpose(image)  # Decodes the pixels.
-    except OSError as error:  # A valid header over a truncated or corrupt body.
-        raise ValueError(f"{source}: the image data is damaged ({error})") from None
-    if upright.mode in _WIDE_INT_MODES:
-        return _array_to_rgb(_wide_int_to_uint16(np.asarray(upright), source))
-    if upright.mode == "F":
-        return _array_to_rgb(np.asarray(upright))
-    # Going through RGBA for transparent palettes avoids Pillow's warning about
-    # them; the alpha channel is dropped right after, like any other.
-    target = "RGBA" if upright.has_transparency_data else "RGB"
-    try:
-        converted = upright.convert(target)
-    except ValueError as error:
-        raise ValueError(f"{source}: Pillow mode {upright.mode!r} has no RGB conversion") from error
-    return _array_to_rgb(np.asarray(converted))
 
 
 def _wide_int_to_uint16(values: np.ndarray, source: str) -> np.ndarray:
@@ -424,10 +495,5 @@ def _check_tokenizer(tokenizer, caller: str):
             f"{caller} needs tokenizer=: a sentencepiece.SentencePieceProcessor with "
             "PaliGemma's ids, e.g. SentencePieceProcessor(model_file='paligemma_tokenizer.model')"
         )
-    ids = (tokenizer.pad_id(), tokenizer.eos_id(), tokenizer.bos_id())
-    if ids != (PAD_ID, EOS_ID, BOS_ID):
-        raise ValueError(
-            f"{caller}: tokenizer has pad/eos/bos ids {ids}, PaliGemma needs "
-            f"{(PAD_ID, EOS_ID, BOS_ID)}; train or load one with that layout"
-        )
+    check_layout(tokenizer, caller)
     return tokenizer

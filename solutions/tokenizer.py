@@ -7,6 +7,8 @@ one with the same layout:
     id 0 <pad>   1 <eos>   2 <bos>   3 <unk>   4 "\\n"   5 ... word pieces
     then <loc0000> ... <loc1023>, then <seg000> ... <seg127>
 
+(the ids and pieces are `solutions.vocabulary`'s).
+
 "\\n" is one piece because it separates the prefix from the suffix. As in
 Gemma's tokenizer there is no normalisation and no dummy "▁" before the text,
 so `encode(prefix) + encode("\\n")` equals `encode(prefix + "\\n")`.
@@ -23,11 +25,16 @@ import sentencepiece
 from sentencepiece import sentencepiece_model_pb2
 
 from solutions.files import write_atomic
-
-PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
-SEPARATOR = "\n"
-LOC_TOKENS = tuple(f"<loc{i:04d}>" for i in range(1024))  # detection: image coordinates
-SEG_TOKENS = tuple(f"<seg{i:03d}>" for i in range(128))  # segmentation codewords
+from solutions.vocabulary import (
+    BOS_ID,
+    EOS_ID,
+    LOC_TOKENS,
+    PAD_ID,
+    SEG_TOKENS,
+    SEPARATOR,
+    UNK_ID,
+    check_layout,
+)
 
 
 def train_tokenizer(
@@ -97,12 +104,3 @@ def load_tokenizer(path: str | os.PathLike) -> sentencepiece.SentencePieceProces
         ) from None
     check_layout(tokenizer, str(path))
     return tokenizer
-
-
-def check_layout(tokenizer: sentencepiece.SentencePieceProcessor, name: str = "tokenizer"):
-    """Raises ValueError unless pad/eos/bos/"\\n" have PaliGemma's ids and behaviour."""
-    ids = (tokenizer.pad_id(), tokenizer.eos_id(), tokenizer.bos_id())
-    if ids != (PAD_ID, EOS_ID, BOS_ID):
-        raise ValueError(f"{name}: pad/eos/bos ids are {ids}, PaliGemma needs (0, 1, 2)")
-    if len(tokenizer.encode(SEPARATOR)) != 1:
-        raise ValueError(f"{name}: '\\n' must be a single piece (it ends the prefix)")

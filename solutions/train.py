@@ -36,6 +36,7 @@ __all__ = [
     "STRATEGIES",
     "NonFiniteLossError",
     "TrainState",
+    "TrainingInterrupted",
     "cast_params",
     "cosine_schedule",
     "init_train_state",
@@ -343,15 +344,28 @@ def cast_params(params, trainable, frozen_dtype=jnp.bfloat16, shardings=None):
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf. `.state` holds the last good parameters
-    (or `TrainState`): the failing step returned its inputs unchanged."""
+    (or `TrainState`): the failing step returned its inputs unchanged.
+    `.losses` are the losses of the steps before it."""
 
-    def __init__(self, step: int, loss: float, learning_rate: float, state):
+    def __init__(self, step: int, loss: float, learning_rate: float, state, losses=()):
         super().__init__(
             f"Loss is {loss} at step {step} (learning rate {learning_rate:.3g}); that update "
             "was skipped and this error's `.state` holds the parameters from before it. "
             "Lower the learning rate (halve it, say) or check that batch for bad values."
         )
         self.step, self.loss, self.learning_rate, self.state = step, loss, learning_rate, state
+        self.losses = list(losses)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `train_steps`. `.state` holds the parameters (or `TrainState`) after
+    step `.step`, the last whose update went through (`.step` is first_step - 1 when none
+    did); `.losses` are the losses read so far. Being a KeyboardInterrupt, it stops a
+    program that does not catch it, as Ctrl-C always does."""
+
+    def __init__(self, step: int, state, losses):
+        super().__init__(f"interrupted after step {step}")
+        self.step, self.state, self.losses = step, state, list(losses)
 
 
 def train_steps(
@@ -361,37 +375,49 @@ def train_steps(
     schedule: Callable[[int], Any],
     *,
     first_step: int = 1,
-    log_fn: Callable[[int, float, float], None] | None = None,
+    on_step: Callable[[int, Any, float, float], bool | None] | None = None,
 ):
-    """Runs one `update_fn` step per batch and stops on a NaN or inf loss.
+    """Runs one `update_fn` step per batch; every way it ends hands back a good state.
 
     Memory trade-off: the last good parameters are not copied (a copy would
     double the memory of a 3B model). The step itself returns its (donated)
     inputs when the loss is not finite, which costs no memory, only one host
-    sync per step to read the loss. The guard
-    catches a blow-up in the step where it shows in the loss; parameters that
-    grew huge yet finite in earlier steps are still "good" to it.
+    sync per step to read the loss. The guard catches a blow-up in the step
+    where it shows in the loss; parameters that grew huge yet finite in earlier
+    steps are still "good" to it (a caller that saves can check them first).
 
     Args:
       update_fn: from `make_update_fn`.
-      state: its first argument: params (SGD) or a `TrainState` (optax).
-      batches: iterable of batches (dicts of arrays).
+      state: its first argument: params (SGD) or a `TrainState` (optax). Donated:
+        use the returned state, never this one, afterwards.
+      batches: iterable of batches (dicts of arrays); one step each.
       schedule: step -> learning rate, e.g. a partial of `cosine_schedule`.
-      first_step: number of the first step (the notebook counts from 1).
-      log_fn: optional `log_fn(step, learning_rate, loss)` after every step.
+      first_step: number of the first step (the notebook counts from 1; a resumed
+        run counts on from its checkpoint).
+      on_step: optional `on_step(step, state, learning_rate, loss)` after every step,
+        to draw progress, save or evaluate; returning True ends training after it.
     Returns:
-      (state, losses: list of floats, one per step).
+      (state, losses: list of floats, one per step run).
     Raises:
-      NonFiniteLossError: carrying the step, the loss and the last good state.
+      NonFiniteLossError: a NaN or inf loss; carries the step, the loss, the losses
+        before it and the last good state.
+      TrainingInterrupted: Ctrl-C; carries the last step done, its state and the losses.
     """
-    losses = []
-    for step, batch in enumerate(batches, start=first_step):
-        learning_rate = schedule(step)
-        state, loss = update_fn(state, batch, learning_rate)
-        loss = float(loss)
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(step, loss, float(learning_rate), state)
-        losses.append(loss)
-        if log_fn is not None:
-            log_fn(step, float(learning_rate), loss)
+    losses: list[float] = []
+    step = first_step - 1  # the last step whose update went through
+    try:
+        for batch_step, batch in enumerate(batches, start=first_step):
+            learning_rate = schedule(batch_step)
+            state, loss = update_fn(state, batch, learning_rate)
+            # From here `state` is this step's result (or, on a NaN loss, its inputs), so a
+            # Ctrl-C while the loss is read still hands back a usable state.
+            step = batch_step
+            loss = float(loss)
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(step, loss, float(learning_rate), state, losses)
+            losses.append(loss)
+            if on_step is not None and on_step(step, state, float(learning_rate), loss):
+                break
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(step, state, losses) from None
     return state, losses

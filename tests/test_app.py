@@ -185,12 +185,12 @@ def test_exif_orientation_is_applied():
 @pytest.mark.parametrize(
     "name, data, fix",
     [
-        ("notes.png", b"plain text, not pixels", "upload one of those"),
-        ("empty.jpg", b"", "upload a JPEG, PNG, WebP or GIF"),
+        ("notes.png", b"plain text, not pixels", "convert it to PNG or JPEG"),
+        ("empty.jpg", b"", "a JPEG, PNG, WEBP or GIF image is needed"),
         ("broken.jpg", truncated_jpeg(), "damaged"),
         ("huge.png", png_claiming(8000, 8000), "downscale it"),
         ("bomb.png", png_claiming(30000, 30000), "downscale it"),
-        ("old.bmp", encoded(Image.new("RGB", (4, 4)), "BMP"), "converting other images to PNG"),
+        ("old.bmp", encoded(Image.new("RGB", (4, 4)), "BMP"), "convert it to PNG or JPEG"),
     ],
 )
 def test_bad_uploads_raise_one_error_naming_the_file_and_the_fix(name, data, fix):

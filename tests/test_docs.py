@@ -25,7 +25,12 @@ from tests import grading
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LESSONS = sorted(p for p in (ROOT / "lessons").glob("*.py") if p.name[:2].isdigit())
-MODULES = sorted(p for p in (ROOT / "solutions").glob("*.py") if not p.name.startswith("_"))
+# The modules of solutions/, and those of its packages (each package has one page for all).
+MODULES = sorted(
+    p
+    for p in (*(ROOT / "solutions").glob("*.py"), *(ROOT / "solutions").glob("*/*.py"))
+    if not p.name.startswith("_")
+)
 
 
 def _load_hook(name: str):
@@ -221,18 +226,22 @@ def test_every_lesson_has_a_page_with_its_exercises(site, lesson):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module", MODULES, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "module", MODULES, ids=lambda p: ".".join(p.relative_to(ROOT).with_suffix("").parts[1:])
+)
 def test_every_solutions_module_has_a_page_with_its_functions(site, module):
-    page = site / "reference" / module.stem / "index.html"
-    assert page.is_file(), f"no API page for solutions/{module.name}"
+    parts = module.relative_to(ROOT).with_suffix("").parts  # ("solutions", ["scenes",] name)
+    page = site / "reference" / parts[1] / "index.html"
+    assert page.is_file(), f"no API page for {module.relative_to(ROOT)}"
+    dotted = ".".join(parts)
     html = page.read_text()
     public = [
         node.name
         for node in ast.parse(module.read_text()).body
         if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_")
     ]
-    missing = [name for name in public if f'id="solutions.{module.stem}.{name}"' not in html]
-    assert not missing, f"solutions.{module.stem}: {missing} are not documented"
+    missing = [name for name in public if f'id="{dotted}.{name}"' not in html]
+    assert not missing, f"{dotted}: {missing} are not documented"
 
 
 @pytest.mark.slow

@@ -74,7 +74,7 @@ def test_a_bigger_validation_set_on_request(assets, in_tmp):
 
 def test_no_validation_scenes_is_refused(capsys):
     with pytest.raises(SystemExit):
-        finetune.parse_args(["--num-val", "0"])
+        finetune.parse_settings(["--num-val", "0"])
     assert "--num-val must be at least 1, not 0" in capsys.readouterr().err
 
 
@@ -128,7 +128,7 @@ def test_ctrl_c_keeps_the_last_completed_step(assets, in_tmp, monkeypatch):
     monkeypatch.setattr(finetune, "make_update_fn", interrupted_at_step_3)
     _run(assets, in_tmp / "run", "--save-every", "100")
     metrics = json.loads((in_tmp / "run" / "metrics.json").read_text())
-    assert metrics["ended"] == "interrupted at step 3"
+    assert metrics["ended"] == "interrupted after step 2"
     assert json.loads((in_tmp / "run" / "state.json").read_text()) == {"step": 2}
 
 

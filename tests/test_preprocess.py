@@ -354,13 +354,16 @@ def _png_header_only(width: int, height: int) -> bytes:
 def test_oversized_image_is_refused_before_decoding():
     width, height = 8_000, 7_000  # 56 M pixels: over the default limit, under Pillow's.
     assert width * height > MAX_IMAGE_PIXELS
-    with pytest.raises(ValueError, match=r"8000x7000 = 56,000,000 pixels exceeds .* 50,000,000"):
+    with pytest.raises(
+        ValueError, match=r"8000x7000 = 56,000,000 pixels, over the limit of 50,000,000"
+    ):
         preprocess_image(_png_header_only(width, height))
-    with pytest.raises(ValueError, match=r"20x10 = 200 pixels exceeds the limit of 199"):
+    with pytest.raises(ValueError, match=r"20x10 = 200 pixels, over the limit of 199"):
         preprocess_image(_png_header_only(20, 10), max_pixels=199)
-    with pytest.raises(ValueError, match=r"too large"):  # Past Pillow's own hard limit too.
+    # Past Pillow's own hard limit too.
+    with pytest.raises(ValueError, match=r"claims more pixels than Pillow will decode"):
         preprocess_image(_png_header_only(100_000, 100_000))
-    with pytest.raises(ValueError, match=r"exceeds the limit of 100 \(max_pixels\)"):
+    with pytest.raises(ValueError, match=r"11 = 110 pixels, over the limit of 100 \(max_pixels\)"):
         preprocess_image(np.zeros((11, 10), np.uint8), max_pixels=100)
 
 

@@ -399,7 +399,9 @@ def test_short_captions_and_prefix(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    scenes.main([str(tmp_path), "--train", "3", "--val", "1", "--test", "2", "--image-size", "32"])
+    scenes.dataset.main(
+        [str(tmp_path), "--train", "3", "--val", "1", "--test", "2", "--image-size", "32"]
+    )
     assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == [
         "data_test2.jsonl",
         "data_train3.jsonl",

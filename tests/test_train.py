@@ -16,6 +16,7 @@ from solutions.model import Model, count_params, init_params, param_shapes
 from solutions.sharding import param_names
 from solutions.train import (
     NonFiniteLossError,
+    TrainingInterrupted,
     cast_params,
     cosine_schedule,
     init_train_state,
@@ -269,6 +270,51 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_params(params, batch):
         train_steps(update_fn, fresh_copy(params), [batch, batch, bad_batch, batch], lambda s: 0.1)
     error = caught.value
     assert error.step == 3 and math.isnan(error.loss)
+    assert len(error.losses) == 2 and all(map(math.isfinite, error.losses))
+    kept = as_numpy(error.state)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(kept[name], value, err_msg=name)
+
+
+def test_on_step_sees_every_step_and_can_end_training(params, batch):
+    update_fn = sgd_update_fn("attn")
+    seen = []
+
+    def on_step(step, state, learning_rate, loss):
+        seen.append((step, learning_rate, loss, sorted(param_names(state))))
+        return step == 7  # stop after the third step
+
+    state, losses = train_steps(
+        update_fn,
+        fresh_copy(params),
+        [batch] * 10,
+        lambda s: 0.01 * s,
+        first_step=5,
+        on_step=on_step,
+    )
+    assert [row[0] for row in seen] == [5, 6, 7]
+    assert [row[1] for row in seen] == pytest.approx([0.05, 0.06, 0.07])
+    assert [row[2] for row in seen] == losses
+    assert all(row[3] == sorted(param_names(params)) for row in seen)
+
+
+def test_ctrl_c_hands_back_the_state_of_the_last_step_done(params, batch):
+    update_fn = sgd_update_fn("attn")
+    expected = fresh_copy(params)
+    for _ in range(2):
+        expected, _ = update_fn(expected, batch, 0.1)
+    expected = as_numpy(expected)
+
+    def two_batches_then_ctrl_c():
+        yield batch
+        yield batch
+        raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as caught:
+        train_steps(update_fn, fresh_copy(params), two_batches_then_ctrl_c(), lambda s: 0.1)
+    error = caught.value
+    assert isinstance(error, KeyboardInterrupt)  # uncaught, it stops a program as Ctrl-C does
+    assert error.step == 2 and len(error.losses) == 2
     kept = as_numpy(error.state)
     for name, value in expected.items():
         np.testing.assert_array_equal(kept[name], value, err_msg=name)

@@ -40,15 +40,17 @@ from solutions.train import cosine_schedule
 class ProbeSettings:
     """The probe's knobs; the defaults are the shipped tower's config."""
 
-    resolution: int = pretrain.RESOLUTION
-    patch_size: int = pretrain.tiny_config(vocab_size=16)["img"]["patch_size"]
-    steps: int = 2000
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    num_train: int = 12000
-    num_val: int = 300
-    eval_every: int = 250
-    seed: int = 0
+    resolution: int = cli.setting(pretrain.RESOLUTION, "image side in pixels", least=1)
+    patch_size: int = cli.setting(
+        pretrain.tiny_config(vocab_size=16)["img"]["patch_size"], "patch side in pixels", least=1
+    )
+    steps: int = cli.setting(2000, "training steps", least=1)
+    batch_size: int = cli.setting(32, "images per step", least=1)
+    learning_rate: float = cli.setting(1e-3, "peak Adam learning rate", least=0)
+    num_train: int = cli.setting(12000, "training images", least=1)
+    num_val: int = cli.setting(300, "unseen images scored", least=1)
+    eval_every: int = cli.setting(250, "steps between scores", least=1)
+    seed: int = cli.setting(0, "seed of the images and the weights", least=0)
 
 
 def one_shape_scene(rng: np.random.Generator) -> tuple[scenes.Scene, int]:
@@ -148,8 +150,7 @@ def probe(settings: ProbeSettings) -> list[dict]:
 @cli.command
 def main(argv: list[str]) -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    pretrain.add_settings_flags(parser, ProbeSettings)
-    settings = pretrain.settings_from_args(parser.parse_args(argv), ProbeSettings)
+    settings, _ = cli.parse_settings(parser, ProbeSettings, argv)
     history = probe(settings)
     accuracy, chance = history[-1]["val_accuracy"], 1 / len(scenes.KINDS)
     print(f"kind accuracy on unseen images: {accuracy:.3f} (chance {chance:.3f})")

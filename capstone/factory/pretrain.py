@@ -26,11 +26,11 @@ run keeps its last evaluated state.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
+import functools
+import itertools
 import json
-import math
 import pathlib
 import sys
 import time
@@ -52,7 +52,13 @@ from solutions.model import Model, count_params, init_params
 from solutions.params import save_params
 from solutions.preprocess import postprocess_tokens, preprocess_image, preprocess_tokens
 from solutions.tokenizer import train_tokenizer
-from solutions.train import cosine_schedule, init_train_state, make_update_fn, trainable_mask
+from solutions.train import (
+    cosine_schedule,
+    init_train_state,
+    make_update_fn,
+    train_steps,
+    trainable_mask,
+)
 
 # 3 x 3 patches of 32 pixels -> 9 image tokens, one per grid cell of a scene: every shape
 # lies whole inside one patch, so the tower sees each shape's outline at once.
@@ -83,23 +89,24 @@ def tiny_config(vocab_size: int) -> dict:
 class Settings:
     """Pretraining knobs; the defaults build the shipped model."""
 
-    # Stage 0: the image tower alone (capstone.factory.pretrain_vision). Kinds come last: it reads a
-    # validation patch's kind right 67% of the time after 2,000 steps, 93% after 10,000 and
-    # 98% after 16,000, as the learning rate comes down.
-    vision_steps: int = 16000
-    vision_batch_size: int = 32
-    vision_learning_rate: float = 2e-3
-    steps: int = 8000  # stage 1: the whole model on the task mixture
+    # Stage 0: the image tower alone (capstone.factory.pretrain_vision). Kinds come last: it
+    # reads a validation patch's kind right 67% of the time after 2,000 steps, 93% after
+    # 10,000 and 98% after 16,000, as the learning rate comes down.
+    vision_steps: int = cli.setting(16000, "stage 0 steps (the image tower alone)", least=0)
+    vision_batch_size: int = cli.setting(32, "stage 0 scenes per step", least=1)
+    vision_learning_rate: float = cli.setting(2e-3, "stage 0 peak Adam learning rate", least=0)
+    steps: int = cli.setting(8000, "stage 1 steps (the whole model, the task mixture)", least=1)
     # Stage 1 steps over which the image tower's learning rate climbs from 0 to the decoder's:
     # the decoder's first gradients are noise that would wipe out what stage 0 taught the
     # tower (PaliGemma warms its image encoder up slowly for the same reason).
-    tower_warmup: int = 2000
-    batch_size: int = 16
-    learning_rate: float = 1.5e-3
-    num_scenes: int = 40000  # 16,000 stage 0 steps of 32 see each scene 13 times
-    num_eval: int = 64
-    eval_every: int = 2000
-    seed: int = 0
+    tower_warmup: int = cli.setting(2000, "stage 1 steps of the image tower's ramp", least=0)
+    batch_size: int = cli.setting(16, "stage 1 scenes per step", least=1)
+    learning_rate: float = cli.setting(1.5e-3, "stage 1 peak Adam learning rate", least=0)
+    # 16,000 stage 0 steps of 32 see each scene 13 times.
+    num_scenes: int = cli.setting(40000, "training scenes drawn", least=1)
+    num_eval: int = cli.setting(64, "validation and test scenes scored", least=1)
+    eval_every: int = cli.setting(2000, "steps between scores and saves", least=1)
+    seed: int = cli.setting(0, "seed of the scenes and the initial weights", least=0)
 
 
 def layout_text(scene: scenes.Scene) -> str:
@@ -373,22 +380,34 @@ def pretrain(out: pathlib.Path, settings: Settings) -> dict:
     update_fn = make_update_fn(model, trainable, optimizer)
     state = init_train_state(params, trainable, optimizer)
     batches = training_batches(images, drawn, tokenizer, settings)
-    bar = tqdm(range(1, settings.steps + 1), desc="pretraining", unit="step")
-    losses, history = [], []
-    for step in bar:
-        lr = cosine_schedule(step, total_steps=settings.steps, base_lr=settings.learning_rate)
-        state, loss = update_fn(state, next(batches), lr)
-        losses.append(float(loss))
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"loss {losses[-1]} at step {step}: lower --learning-rate")
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{float(lr):.2g}")
+    bar = tqdm(total=settings.steps, desc="pretraining", unit="step")
+    history, recent_losses = [], collections.deque(maxlen=100)
+
+    def score_and_save(step, state, learning_rate, loss):
+        recent_losses.append(loss)
+        bar.update()
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{learning_rate:.2g}")
         if step % settings.eval_every == 0 and step < settings.steps:
             val = evaluate(state.params, model, tokenizer, *held_out["val"])
-            history.append({"step": step, "loss": float(np.mean(losses[-100:])), **val})
+            history.append({"step": step, "loss": float(np.mean(recent_losses)), **val})
             bar.write(
                 json.dumps(_rounded({k: v for k, v in history[-1].items() if k != "examples"}))
             )
             save_params(_shippable(state.params), out / "params.npz")
+
+    # The shipped model was built with total_steps=steps (its last step at learning rate 0);
+    # kept, so that this script rebuilds it bit for bit.
+    schedule = functools.partial(
+        cosine_schedule, total_steps=settings.steps, base_lr=settings.learning_rate
+    )
+    state, losses = train_steps(
+        update_fn,
+        state,
+        itertools.islice(batches, settings.steps),
+        schedule,
+        on_step=score_and_save,
+    )
+    bar.close()
 
     params = _shippable(state.params)
     save_params(params, out / "params.npz")
@@ -531,37 +550,20 @@ Test examples, "caption en":
 """
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, settings_class) -> None:
-    """One flag per field of a settings dataclass: `num_scenes` -> `--num-scenes`, typed
-    and defaulted like the field."""
-    defaults = settings_class()
-    for field in dataclasses.fields(settings_class):
-        value = getattr(defaults, field.name)
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(value), default=value)
-
-
-def settings_from_args(args: argparse.Namespace, settings_class):
-    """The settings dataclass filled from flags that `add_settings_flags` declared."""
-    return settings_class(
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(settings_class)}
-    )
-
-
 @cli.command
 def main(argv: list[str]) -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=pathlib.Path, default=TINY_ASSETS)
-    add_settings_flags(parser, Settings)
+    parser.add_argument("--out", type=pathlib.Path, default=TINY_ASSETS, help="the model's folder")
     parser.add_argument(
         "--rescore",
         action="store_true",
         help="only score the model in --out again and rewrite its card (no training)",
     )
-    args = parser.parse_args(argv)
+    settings, args = cli.parse_settings(parser, Settings, argv)
     if args.rescore:
         print(json.dumps(rescore(args.out), indent=1))
         return 0
-    scores = pretrain(args.out, settings_from_args(args, Settings))
+    scores = pretrain(args.out, settings)
     print(json.dumps(scores, indent=1))
     return 0
 

@@ -1,7 +1,8 @@
 """MkDocs hook: one API reference page per module of `solutions/`, from its docstrings.
 
-Each module `solutions/<name>.py` gets `reference/<name>.md`, a page that
-exists only in memory and holds a mkdocstrings directive (`::: solutions.<name>`),
+Each module `solutions/<name>.py`, or package `solutions/<name>/`, gets
+`reference/<name>.md`, a page that exists only in memory and holds a mkdocstrings
+directive (`::: solutions.<name>`, and one per module of a package),
 so a new module appears on the site without anyone writing its page. The
 "API reference" section of the nav lists them in course order: the modules a
 lesson builds (their docstring's first line says "lesson N"), by lesson, then
@@ -26,14 +27,25 @@ def _root(config) -> pathlib.Path:
 
 
 def module_files(root: pathlib.Path) -> list[pathlib.Path]:
-    """The modules of `solutions/` (not `__init__.py`), in course order."""
-    found = [p for p in (root / "solutions").glob("*.py") if not p.name.startswith("_")]
+    """The modules (files, not `__init__.py`) and packages (folders) of `solutions/`, in
+    course order."""
+    folder = root / "solutions"
+    found = [p for p in folder.glob("*.py") if not p.name.startswith("_")]
+    found += [p for p in folder.iterdir() if (p / "__init__.py").is_file()]
     return sorted(found, key=lambda p: (_lesson_of(p) or 100, p.stem))
 
 
+def _submodules(package: pathlib.Path) -> list[str]:
+    """A package's modules, by name, in file order (none for a plain module)."""
+    if not package.is_dir():
+        return []
+    return sorted(p.stem for p in package.glob("*.py") if not p.name.startswith("_"))
+
+
 def _summary(path: pathlib.Path) -> str:
-    """The first line of a module's docstring ("" if it has none)."""
-    docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    """The first line of a module's (or a package's) docstring ("" if it has none)."""
+    source = path / "__init__.py" if path.is_dir() else path
+    docstring = ast.get_docstring(ast.parse(source.read_text(encoding="utf-8"))) or ""
     return docstring.strip().split("\n", 1)[0]
 
 
@@ -93,6 +105,8 @@ def module_page(root: pathlib.Path, path: pathlib.Path) -> str:
     if lesson:
         lines += [f"Built in [lesson {number}]({lesson}).", ""]
     lines += [f"::: solutions.{path.stem}", ""]
+    for name in _submodules(path):  # a package's parts, each documented in full
+        lines += [f"::: solutions.{path.stem}.{name}", ""]
     return "\n".join(lines)
 
 
