@@ -134,6 +134,17 @@ def accuracy_by_pair(predicted, kinds, colours) -> dict[str, float]:
     }
 
 
+@dataclasses.dataclass
+class Settings:
+    """The probe's knobs (`probe` takes them as keywords)."""
+
+    assets: pathlib.Path = cli.setting(checkpoints.TINY_ASSETS, "folder of the tiny model")
+    num_train: int = cli.setting(3000, "scenes per read-out", least=1)
+    num_test: int = cli.setting(400, "test scenes scored", least=1)
+    steps: int = cli.setting(1500, "read-out fitting steps", least=1)
+    seed: int = cli.setting(1, "seed of the scenes", least=0)
+
+
 def probe(assets: pathlib.Path, num_train: int, num_test: int, steps: int, seed: int = 1) -> dict:
     """{"restricted pairs": {"seen", "held_out"}, "every pair": {...}}: the two read-outs'
     kind accuracy on test-scene patches (see the module docstring)."""
@@ -155,13 +166,8 @@ def probe(assets: pathlib.Path, num_train: int, num_test: int, steps: int, seed:
 @cli.command
 def main(argv: list[str]) -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--assets", type=pathlib.Path, default=checkpoints.TINY_ASSETS)
-    parser.add_argument("--num-train", type=int, default=3000, help="scenes per read-out")
-    parser.add_argument("--num-test", type=int, default=400, help="test scenes scored")
-    parser.add_argument("--steps", type=int, default=1500, help="read-out fitting steps")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args(argv)
-    results = probe(args.assets, args.num_train, args.num_test, args.steps, args.seed)
+    settings, _ = cli.parse_settings(parser, Settings, argv)
+    results = probe(**dataclasses.asdict(settings))
     print(
         f"kind of a test patch, read linearly from the tower (chance {1 / (len(KINDS) - 1):.2f}):"
     )
