@@ -16,10 +16,9 @@ is imported: `solutions.preprocess`.)
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from collections.abc import Iterable, Mapping
-
-from solutions.files import write_atomic
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 KAGGLE_SETTINGS_URL = "https://www.kaggle.com/settings"
@@ -117,5 +116,14 @@ def write_kaggle_json(folder: pathlib.Path, username: str, key: str) -> pathlib.
         raise ValueError("write_kaggle_json: username and key must both be non-empty")
     folder = pathlib.Path(folder)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    text = json.dumps({"username": username, "key": key})
-    return write_atomic(folder / "kaggle.json", text, mode=0o600)
+    path = folder / "kaggle.json"
+    tmp = folder / f".kaggle.json.{os.getpid()}.tmp"
+    # O_EXCL: a file already there (perhaps someone else's) is never reused with its old mode.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump({"username": username, "key": key}, file)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -102,22 +102,19 @@ def _sync_folder(folder: pathlib.Path) -> None:
         os.close(fd)
 
 
-def write_atomic(
-    path: str | os.PathLike, data: bytes | str, *, mode: int | None = None
-) -> pathlib.Path:
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
     """Writes `data` (a str is written as UTF-8) to `path` atomically (`atomic_open`):
     readers see the old file or the new one, never a partial one.
 
     Args:
       path: the file to write; missing parent folders are made.
       data: its whole contents.
-      mode: its permission bits (e.g. 0o600), set before any byte is written.
     Returns:
       `path` as a `pathlib.Path`.
     Raises:
       UnicodeEncodeError: a str that is not valid text (a lone surrogate); nothing written.
     """
     payload = data.encode("utf-8") if isinstance(data, str) else data  # fails before any write
-    with atomic_open(path, mode=mode) as file:
+    with atomic_open(path) as file:
         file.write(payload)
     return pathlib.Path(path)

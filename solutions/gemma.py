@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from solutions.lora import with_adapter
+
 # The named Gemma decoders PaliGemma uses. Fields not given take Gemma's
 # defaults from `gemma_config`.
 GEMMA_VARIANTS = {
@@ -173,14 +175,19 @@ def _fan_in_normal(in_axes: tuple[int, ...], out_axes: tuple[int, ...]):
 
 
 class Einsum(nn.Module):
-    """A weight `w` of a fixed shape, applied with `jnp.einsum(eqn, x, w)`."""
+    """A weight `w` of a fixed shape, applied with `jnp.einsum(eqn, x, w)`; with LoRA
+    adapters for it (`lora_key`, see `solutions.lora`), `w` plus their update."""
 
     shape: tuple[int, ...]
     w_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
+    lora_key: str | None = None
 
     @nn.compact
     def __call__(self, eqn: str, x: jax.Array) -> jax.Array:
-        return jnp.einsum(eqn, x, self.param("w", self.w_init, self.shape))
+        w = self.param("w", self.w_init, self.shape)
+        if self.lora_key is not None:
+            w = with_adapter(self, "w", w, self.lora_key)
+        return jnp.einsum(eqn, x, w)
 
 
 class RMSNorm(nn.Module):
@@ -248,13 +255,16 @@ class Attention(nn.Module):
         # contracts one token axis rather than two.
         tokens = x.reshape(batch * length, width)
         if n == k:  # big_vision stores one fused weight when every head has its own k/v.
-            qkv = Einsum((3, n, width, h), _fan_in_normal((2,), (0, 1, 3)), name="qkv_einsum")
+            init = _fan_in_normal((2,), (0, 1, 3))
+            qkv = Einsum((3, n, width, h), init, "attn/qkv_einsum/w", name="qkv_einsum")
             q, key, value = qkv("MD,CNDH->CMNH", tokens)
         else:
-            q = Einsum((n, width, h), _fan_in_normal((1,), (0, 2)), name="q_einsum")(
+            init = _fan_in_normal((1,), (0, 2))
+            q = Einsum((n, width, h), init, "attn/q_einsum/w", name="q_einsum")(
                 "MD,NDH->MNH", tokens
             )
-            kv = Einsum((2, k, width, h), _fan_in_normal((2,), (0, 1, 3)), name="kv_einsum")
+            init = _fan_in_normal((2,), (0, 1, 3))
+            kv = Einsum((2, k, width, h), init, "attn/kv_einsum/w", name="kv_einsum")
             key, value = kv("MD,CKDH->CMKH", tokens)
         q, key, value = (a.reshape(batch, length, -1, h) for a in (q, key, value))
 
@@ -270,7 +280,8 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
         encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value)
         encoded = encoded.reshape(batch * length, n, h)
-        out = Einsum((n, h, width), _fan_in_normal((0, 1), (2,)), name="attn_vec_einsum")
+        init = _fan_in_normal((0, 1), (2,))
+        out = Einsum((n, h, width), init, "attn/attn_vec_einsum/w", name="attn_vec_einsum")
         return out("MNH,NHD->MD", encoded).reshape(batch, length, width)
 
     def _use_cache(self, key, value, positions, cache_size, decode):
@@ -308,9 +319,11 @@ class FeedForward(nn.Module):
         gating = self.param(
             "gating_einsum", _fan_in_normal((1,), (0, 2)), (2, width, self.hidden_dim)
         )
+        gating = with_adapter(self, "gating_einsum", gating, "mlp/gating_einsum")
         tokens = x.reshape(-1, width)  # [B*T, D]: see `Attention` for why flat
         hidden = nn.gelu(tokens @ gating[0]) * (tokens @ gating[1])
         linear = self.param("linear", _fan_in_normal((0,), (1,)), (self.hidden_dim, width))
+        linear = with_adapter(self, "linear", linear, "mlp/linear")
         return (hidden @ linear).reshape(x.shape)
 
 
@@ -419,7 +432,7 @@ class Gemma(nn.Module):
             )
         self.layers = nn.scan(
             block,
-            variable_axes={"params": 0, "cache": 0},
+            variable_axes={"params": 0, "cache": 0, "lora": 0},
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
             length=self.depth,

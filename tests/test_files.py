@@ -43,8 +43,10 @@ def test_the_bytes_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
 @pytest.mark.parametrize("mode", [0o600, 0o640])
 def test_mode_is_exact_whatever_the_umask(tmp_path, mode):
     old_umask = os.umask(0o077)
+    path = tmp_path / "secret"
     try:
-        path = files.write_atomic(tmp_path / "secret", "key", mode=mode)
+        with files.atomic_open(path, mode=mode) as file:
+            file.write(b"key")
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(path.stat().st_mode) == mode

@@ -17,13 +17,15 @@ does by default. Prints one JSON object.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import pathlib
 import statistics
 import subprocess
 import sys
 import time
+
+from capstone import cli
 
 TARGET_WARM_S = 0.5
 TARGET_FIRST_CAPTION_S = 30.0
@@ -66,17 +68,24 @@ def warm_caption_seconds(assets: pathlib.Path | None, repeats: int) -> list[floa
     return [captioner.caption([image])[0].seconds for _ in range(repeats)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--assets", type=pathlib.Path, default=None, help="tiny model folder")
-    parser.add_argument("--repeats", type=int, default=10, help="warm captions to time")
-    parser.add_argument("--first-caption", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.first_caption:
-        first_caption(args.assets)
+@dataclasses.dataclass
+class Settings:
+    """What is timed."""
+
+    assets: pathlib.Path | None = cli.setting(None, "tiny model folder (default: the shipped one)")
+    repeats: int = cli.setting(10, "warm captions to time", least=1)
+    first_caption: bool = cli.setting(False, hidden=True)  # the child process's role
+
+
+@cli.command
+def main(argv: list[str]) -> int:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    settings, _ = cli.parse_settings(parser, Settings, argv)
+    if settings.first_caption:
+        first_caption(settings.assets)
         return 0
-    first = seconds_to_first_caption(args.assets)
-    warm = warm_caption_seconds(args.assets, args.repeats)
+    first = seconds_to_first_caption(settings.assets)
+    warm = warm_caption_seconds(settings.assets, settings.repeats)
     report = {
         "warm_caption_s_median": round(statistics.median(warm), 3),
         "warm_caption_s_max": round(max(warm), 3),

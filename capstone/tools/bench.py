@@ -19,6 +19,7 @@ timed repeats. The last line is JSON with `train_examples_per_s` and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import sys
@@ -166,32 +167,34 @@ def bench_transformers(params, inputs: dict, repeats: int) -> dict:
     }
 
 
+@dataclasses.dataclass
+class Settings:
+    """What the benchmark runs."""
+
+    vs_transformers: bool = cli.setting(
+        False, "also run transformers' PaliGemma (needs the parity extra)"
+    )
+    repeats: int = cli.setting(10, "timed repeats per figure", least=1)
+
+
 @cli.command
 def main(argv: list[str]) -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--vs-transformers",
-        action="store_true",
-        help="also run transformers' PaliGemma (needs the parity extra)",
-    )
-    parser.add_argument("--repeats", type=int, default=10, help="timed repeats per figure")
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, not {args.repeats}")
+    settings, _ = cli.parse_settings(parser, Settings, argv)
 
     params = jax.device_get(init_params(Model(**BENCH_CONFIG), BENCH_RESOLUTION))
     inputs = make_inputs()
     result = {
         "device": jax.devices()[0].device_kind,
-        "ours": bench_ours(params, inputs, args.repeats),
+        "ours": bench_ours(params, inputs, settings.repeats),
     }
     result.update(result["ours"])
     print(
         f"ours          train {result['ours']['train_examples_per_s']:8.1f} examples/s   "
         f"decode {result['ours']['decode_tokens_per_s']:8.1f} tokens/s"
     )
-    if args.vs_transformers:
-        theirs = bench_transformers(params, inputs, args.repeats)
+    if settings.vs_transformers:
+        theirs = bench_transformers(params, inputs, settings.repeats)
         result["transformers"] = theirs
         result["ratios"] = {k: result["ours"][k] / theirs[k] for k in theirs}
         print(

@@ -14,6 +14,7 @@ fuses differently, so treat them as a close estimate, not a promise.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 from capstone import cli
 from solutions.configs import CHECKPOINTS, UnknownCheckpointError, get_checkpoint, with_remat
 from solutions.model import Model, param_shapes
-from solutions.train import make_update_fn, trainable_mask
+from solutions.train import STRATEGIES, make_update_fn, trainable_mask
 
 GIB = 1024**3
 
@@ -107,10 +108,26 @@ def training_step_memory(
     return report
 
 
-def _print_report(name: str, args, report: dict) -> None:
+@dataclasses.dataclass
+class Settings:
+    """What one planned training step is."""
+
+    model: str = cli.setting("paligemma-3b-pt-224", f"one of {', '.join(sorted(CHECKPOINTS))}")
+    batch_size: int = cli.setting(8, "examples per step", least=1)
+    seqlen: int = cli.setting(128, "text tokens per example", least=1)
+    trainable: str = cli.setting("attn", "what trains", choices=tuple(STRATEGIES))
+    frozen_dtype: str = cli.setting(
+        "float16", "dtype of the frozen weights", choices=("float16", "bfloat16")
+    )
+    no_remat: bool = cli.setting(False, "keep activations instead of recomputing them")
+    json: bool = cli.setting(False, "print only the JSON report")
+
+
+def _print_report(settings: Settings, report: dict) -> None:
     print(
-        f"\nOne training step of {name}: batch {args.batch_size}, {args.seqlen} text tokens, "
-        f"trainable={args.trainable}, frozen in {args.frozen_dtype}, remat={not args.no_remat}"
+        f"\nOne training step of {settings.model}: batch {settings.batch_size}, "
+        f"{settings.seqlen} text tokens, trainable={settings.trainable}, frozen in "
+        f"{settings.frozen_dtype}, remat={not settings.no_remat}"
     )
     rows = [
         ("parameters", report["params"]),
@@ -129,34 +146,24 @@ def _print_report(name: str, args, report: dict) -> None:
 @cli.command
 def main(argv: list[str]) -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", default="paligemma-3b-pt-224", help=f"one of {', '.join(sorted(CHECKPOINTS))}"
-    )
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seqlen", type=int, default=128)
-    parser.add_argument("--trainable", default="attn", choices=["attn", "llm", "all"])
-    parser.add_argument("--frozen-dtype", default="float16", choices=["float16", "bfloat16"])
-    parser.add_argument(
-        "--no-remat", action="store_true", help="keep activations instead of recomputing them"
-    )
-    parser.add_argument("--json", action="store_true", help="print only the JSON report")
-    args = parser.parse_args(argv)
+    settings, _ = cli.parse_settings(parser, Settings, argv)
     try:
-        checkpoint = get_checkpoint(args.model)
+        checkpoint = get_checkpoint(settings.model)
     except UnknownCheckpointError as err:
         parser.error(f"--model: {err}")
     report = training_step_memory(
         checkpoint.config,
         checkpoint.resolution,
-        batch_size=args.batch_size,
-        seqlen=args.seqlen,
-        trainable=args.trainable,
-        frozen_dtype=jnp.dtype(args.frozen_dtype),
-        remat=not args.no_remat,
+        batch_size=settings.batch_size,
+        seqlen=settings.seqlen,
+        trainable=settings.trainable,
+        frozen_dtype=jnp.dtype(settings.frozen_dtype),
+        remat=not settings.no_remat,
     )
-    if not args.json:
-        _print_report(args.model, args, report)
-    print(json.dumps({"model": args.model, **report, "peak_gib": round(report["peak"] / GIB, 3)}))
+    if not settings.json:
+        _print_report(settings, report)
+    peak_gib = round(report["peak"] / GIB, 3)
+    print(json.dumps({"model": settings.model, **report, "peak_gib": peak_gib}))
     return 0
 
 
