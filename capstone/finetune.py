@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from capstone import cli
 from solutions import data, scenes
+from solutions import lora as lora_lib
 from solutions.checkpoints import TINY_ASSETS, float32_params, load_real, load_tiny
 from solutions.configs import UnknownCheckpointError, get_checkpoint
 from solutions.downloads import LONGCAP100_SPLITS, TOKENIZER_FILENAME
@@ -93,6 +94,14 @@ class Run:
     train: list
     evals: list[EvalSet]
     out: pathlib.Path
+    lora: lora_lib.LoraConfig | None = None  # set: LoRA adapters train, the params stay
+    adapters: dict | None = None  # a resumed LoRA run's adapters (lora.npz)
+
+    def starting_params(self) -> dict:
+        """The model's parameters before this run trains: with adapters, merged into them."""
+        if self.adapters is None:
+            return self.params
+        return lora_lib.merge_adapters(self.params, self.adapters, self.lora)
 
 
 @dataclasses.dataclass
@@ -118,8 +127,16 @@ class Settings:
     )
     trainable: str | None = cli.setting(
         None,
-        f"what trains; default: {TINY_RECIPE[2]} (tiny), {NOTEBOOK_RECIPE[2]} (real)",
-        choices=tuple(STRATEGIES),
+        f"what trains; default: {TINY_RECIPE[2]} (tiny), {NOTEBOOK_RECIPE[2]} (real); lora: "
+        "low-rank adapters of the decoder, see --lora-rank",
+        choices=(*STRATEGIES, "lora"),
+    )
+    lora_rank: int = cli.setting(8, "with --trainable lora: the adapters' rank", least=1)
+    lora_alpha: float = cli.setting(
+        16.0, "with --trainable lora: the update is scaled by alpha / rank", least=0
+    )
+    lora_targets: str = cli.setting(
+        "attn", "with --trainable lora: the weights adapted", choices=tuple(lora_lib.TARGETS)
     )
     seqlen: int = cli.setting(80, "tokens per example: prompt, caption and padding")
     max_decode_len: int = cli.setting(72, "most tokens a caption may have", least=1)
@@ -250,10 +267,39 @@ def score_rows(before: dict, after: dict) -> list[tuple[str, float, float]]:
     return rows
 
 
-def _save(out: pathlib.Path, params, step: int) -> None:
-    """Checkpoint then state, each atomic: a crash between them resumes from the older step."""
-    save_params(params, out / "checkpoint.npz")
-    write_atomic(out / "state.json", json.dumps({"step": step}))
+def lora_config(settings: Settings) -> lora_lib.LoraConfig | None:
+    """The LoRA settings, when LoRA is what trains."""
+    if settings.trainable != "lora":
+        return None
+    return lora_lib.LoraConfig(settings.lora_rank, settings.lora_alpha, settings.lora_targets)
+
+
+def _training_tree(run: Run, settings: Settings):
+    """(tree, its trainable mask, the model that reads it): the parameters themselves, or
+    with LoRA `{"base": params, "lora": adapters}` and a `LoraModel`."""
+    if run.lora is None:
+        return run.params, trainable_mask(run.params, settings.trainable), run.model
+    adapters = run.adapters
+    if adapters is None:
+        adapters = lora_lib.init_adapters(run.params, run.lora, seed=settings.seed)
+    tree = {"base": run.params, "lora": adapters}
+    return tree, lora_lib.trainable_adapters(tree), lora_lib.LoraModel(run.model, run.lora)
+
+
+def _model_params(run: Run, tree) -> dict:
+    """The model's parameters a training tree stands for (with LoRA: merged)."""
+    if run.lora is None:
+        return tree
+    return lora_lib.merge_adapters(tree["base"], tree["lora"], run.lora)
+
+
+def _save(run: Run, tree, step: int) -> None:
+    """Checkpoint (with LoRA, merged, and the adapters beside it in lora.npz), then state,
+    each atomic: a crash between them resumes from the older step."""
+    save_params(_model_params(run, tree), run.out / "checkpoint.npz")
+    if run.lora is not None:
+        save_params(tree["lora"], run.out / "lora.npz")
+    write_atomic(run.out / "state.json", json.dumps({"step": step}))
 
 
 @jax.jit
@@ -274,9 +320,9 @@ def train(run: Run, settings: Settings, first_step: int) -> tuple[dict, list[flo
     finds them so, saves nothing, and the returned params are the last finite
     ones: the folder's checkpoint, or the run's starting parameters.
     """
-    trainable = trainable_mask(run.params, settings.trainable)
-    params = cast_params(run.params, trainable, frozen_dtype=jnp.bfloat16)
-    update_fn = make_update_fn(run.model, trainable)
+    tree, trainable, model = _training_tree(run, settings)
+    params = cast_params(tree, trainable, frozen_dtype=jnp.bfloat16)
+    update_fn = make_update_fn(model, trainable)
     stream = data.batches(
         data.train_examples(
             run.train,
@@ -307,7 +353,7 @@ def train(run: Run, settings: Settings, first_step: int) -> tuple[dict, list[flo
         if not finite(params):
             blew_up = (step, learning_rate)
             return True  # stop: every later step would train on NaN
-        _save(run.out, params, step)
+        _save(run, params, step)
         saved = step
         return False
 
@@ -339,14 +385,14 @@ def train(run: Run, settings: Settings, first_step: int) -> tuple[dict, list[flo
         bar.close()
     if finite(params):
         if step > saved:
-            _save(run.out, params, step)
+            _save(run, params, step)
             saved = step
         if stopped:
             ended += (
                 f"; that update was skipped, and the run folder keeps step {saved}. Lower "
                 "--learning-rate (halve it, say) or check that batch for bad values"
             )
-        return params, losses, ended
+        return _model_params(run, params), losses, ended
     params, kept = _last_finite_params(run, saved, first_step)
     ended += f"; an update had turned the parameters NaN or inf, so {kept}"
     return params, losses, ended + ". Lower --learning-rate (halve it, say)"
@@ -357,8 +403,14 @@ def _last_finite_params(run: Run, saved: int, first_step: int) -> tuple[dict, st
     this run saved last, or else the parameters it started from."""
     if saved == first_step - 1:
         if saved:
-            return run.params, f"the run folder keeps step {saved}, the one it resumed from"
-        return run.params, "nothing is saved: the only finite parameters are the starting ones"
+            return (
+                run.starting_params(),
+                f"the run folder keeps step {saved}, the one it resumed from",
+            )
+        return (
+            run.starting_params(),
+            "nothing is saved: the only finite parameters are the starting ones",
+        )
     shapes = param_shapes(run.model, run.resolution)
     params = load_params(run.out / "checkpoint.npz", like=shapes)
     return params, f"the run folder keeps step {saved}, its last finite parameters"
@@ -459,6 +511,11 @@ def check_settings(settings: Settings) -> None:
                 "run stays in its own folder, so drop --out"
             )
         done = _resumable_step(settings.resume)
+        if settings.trainable == "lora" and not (settings.resume / "lora.npz").is_file():
+            raise ValueError(
+                f"--resume {settings.resume} has no lora.npz: it was not a LoRA run. Resume it "
+                "as it was trained (without --trainable lora), or start a LoRA run with --out"
+            )
         if settings.steps < done:
             raise ValueError(
                 f"--steps {settings.steps} is fewer than the {done} steps {settings.resume} has "
@@ -579,22 +636,26 @@ def main(argv: list[str]) -> int:
             settings.model, settings.checkpoint, allow_nonfinite=settings.allow_nonfinite_weights
         )
     model, resolution, params, tokenizer = loaded
-    run = Run(model, resolution, params, tokenizer, train_set, evals, out)
+    run = Run(model, resolution, params, tokenizer, train_set, evals, out, lora_config(settings))
 
     first_step = 1
     if settings.resume:
         for name in ("checkpoint.npz", "state.json"):
             remove_stale_temporaries(out / name)  # of writes killed in the run resumed
         first_step = _resumable_step(out) + 1
-        run.params = load_params(
-            out / "checkpoint.npz",
-            like=param_shapes(model, resolution),
-            allow_nonfinite=settings.allow_nonfinite_weights,
-        )
+        if run.lora is None:
+            run.params = load_params(
+                out / "checkpoint.npz",
+                like=param_shapes(model, resolution),
+                allow_nonfinite=settings.allow_nonfinite_weights,
+            )
+        else:  # the base stays the loaded model; the adapters carry on
+            like = lora_lib.init_adapters(run.params, run.lora)  # the shapes and names
+            run.adapters = load_params(out / "lora.npz", like=like)
         print(f"Resuming {out} from step {first_step}")
 
     decode = (settings.seqlen, settings.max_decode_len, 10)
-    captions = {"before": caption_sets(run, run.params, decode)}
+    captions = {"before": caption_sets(run, run.starting_params(), decode)}
     params, losses, ended = train(run, settings, first_step)
     captions["after"] = caption_sets(run, params, decode)
 

@@ -6,6 +6,8 @@ import contextlib
 import glob
 import os
 import pathlib
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -118,3 +120,31 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
     with atomic_open(path) as file:
         file.write(payload)
     return pathlib.Path(path)
+
+
+@contextlib.contextmanager
+def atomic_folder(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[pathlib.Path]:
+    """A folder to fill that appears at `out_dir` only whole: the files are written into a
+    hidden temporary folder beside it, which is renamed to `out_dir` when the block ends
+    without error (an old `out_dir` is set aside first, then deleted), and removed if not.
+
+    Raises:
+      FileExistsError: `out_dir` exists and `overwrite` is False.
+    """
+    out_dir = pathlib.Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield tmp_dir
+        if out_dir.exists():
+            old_dir = tmp_dir.with_name(tmp_dir.name + ".old")
+            out_dir.rename(old_dir)
+            tmp_dir.rename(out_dir)
+            shutil.rmtree(old_dir)
+        else:
+            tmp_dir.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise

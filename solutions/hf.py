@@ -60,8 +60,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 
 import flax
@@ -69,6 +67,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from solutions.files import atomic_folder
 from solutions.gemma import gemma_config
 from solutions.model import Model, param_shapes
 from solutions.siglip import vit_config
@@ -892,32 +891,12 @@ def export_hf(
     """
     from safetensors.numpy import save_file
 
-    out_dir = pathlib.Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it.")
     state_dict = to_hf_state_dict(params, config, resolution=resolution)
     del state_dict[LM_HEAD]  # tied: transformers' own files leave it out too
     dtype = state_dict[_EXPORT_PREFIX + "language_model.embed_tokens.weight"].dtype
     hf_config = to_hf_config(config, resolution=resolution, dtype=str(dtype))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir, overwrite=overwrite) as tmp_dir:
         (tmp_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         tensors = {name: np.ascontiguousarray(t) for name, t in state_dict.items()}
         save_file(tensors, tmp_dir / "model.safetensors", metadata={"format": "pt"})
-        _move_into_place(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def _move_into_place(tmp_dir: pathlib.Path, out_dir: pathlib.Path) -> None:
-    """Renames tmp_dir to out_dir; an old out_dir is set aside first, then deleted."""
-    if not out_dir.exists():
-        tmp_dir.rename(out_dir)
-        return
-    old_dir = tmp_dir.with_name(tmp_dir.name + ".old")
-    out_dir.rename(old_dir)
-    tmp_dir.rename(out_dir)
-    shutil.rmtree(old_dir)
+    return pathlib.Path(out_dir)

@@ -19,7 +19,7 @@ half is the trainable subset (`trainable_adapters`), so the notebook's step,
 mixed precision, NaN guard and loop (`solutions.train`) serve LoRA unchanged.
 
 `merge_adapters` folds the update into the weights (a checkpoint that loads like
-any other); `solutions.peft` writes the adapters as Hugging Face PEFT reads them.
+any other); `solutions.peft_export` writes the adapters as Hugging Face PEFT reads them.
 """
 
 from __future__ import annotations
