@@ -3,6 +3,7 @@
     python -m capstone.finetune                       # the shipped tiny model, offline
     python -m capstone.finetune --steps 200 --learning-rate 0.05 --out runs/mine
     python -m capstone.finetune --resume runs/mine    # carry on after Ctrl-C
+    python -m capstone.finetune --trainable lora --lora-rank 8 --out runs/lora
     python -m capstone.finetune --model paligemma-3b-pt-224 --checkpoint kaggle --data longcap100
 
 The default run loads the course's small PaliGemma (`capstone/assets/tiny`),
@@ -18,7 +19,11 @@ whole decoder (`--trainable llm`).
 The run folder keeps everything: `checkpoint.npz` (big_vision's format,
 written atomically every `--save-every` steps, on Ctrl-C and at the end),
 `state.json` (the step to resume from), `metrics.json`, `loss.png` and
-`report.html` (the images with their captions before and after).
+`report.html` (the images with their captions before and after). With
+`--trainable lora` the frozen model gets low-rank adapters instead
+(`solutions.lora`): `checkpoint.npz` holds them merged into the weights (it
+loads like any checkpoint), `lora.npz` the adapters themselves (to resume), and
+`peft/` the same adapters as Hugging Face PEFT loads them.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from solutions.files import remove_stale_temporaries, write_atomic
 from solutions.metrics import caption_report
 from solutions.model import Model, param_shapes
 from solutions.params import load_params, save_params
+from solutions.peft_export import export_peft
 from solutions.preprocess import postprocess_tokens, preprocess_tokens
 from solutions.tokenizer import load_tokenizer
 from solutions.train import (
@@ -673,6 +679,11 @@ def main(argv: list[str]) -> int:
     if losses:
         write_loss_curve(losses, out / "loss.png")
     write_report(run, captions, metrics, out / "report.html")
+    if run.lora is not None and (out / "lora.npz").is_file():
+        # The adapters as the PyTorch world loads them, onto transformers' PaliGemma.
+        adapters = load_params(out / "lora.npz")
+        base = None if settings.model == "tiny" else f"google/{settings.model}"
+        export_peft(adapters, run.lora, out / "peft", base_model=base)
 
     before, after = captions["before"][evals[0].name], captions["after"][evals[0].name]
     for example, old, new in list(zip(evals[0].examples, before, after, strict=True))[:3]:

@@ -150,3 +150,44 @@ def test_bad_dataset_line_names_file_and_line(assets, in_tmp, capsys):
     assert "data_train90.jsonl:7: not valid JSON" in capsys.readouterr().err
     with pytest.raises(DataError, match="data_train90.jsonl:7: not valid JSON"):
         _run(assets, in_tmp / "run", "--data", str(folder), "--debug")
+
+
+def test_lora_run_writes_merged_weights_adapters_and_a_peft_folder(assets, in_tmp):
+    from solutions import checkpoints, lora
+    from solutions.params import load_params
+    from solutions.peft_export import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+    lora_flags = ["--trainable", "lora", "--lora-rank", "2", "--lora-targets", "attn+mlp"]
+    assert _run(assets, in_tmp / "run", *lora_flags, "--num-val", "4") == 0
+    run = in_tmp / "run"
+    assert json.loads((run / "state.json").read_text()) == {"step": 4}
+    assert (run / "peft" / ADAPTER_CONFIG).is_file() and (run / "peft" / ADAPTER_WEIGHTS).is_file()
+    model, resolution, base, _ = checkpoints.load_tiny(assets)
+    config = lora.LoraConfig(rank=2, targets="attn+mlp")
+    adapters = load_params(run / "lora.npz", like=lora.init_adapters(base, config))
+    # The adapters trained (B left zero), and checkpoint.npz is the base with them merged.
+    assert any(abs(b).max() > 0 for _, b in lora.adapter_pairs(adapters).values())
+    merged = load_params(run / "checkpoint.npz")
+    expected = lora.merge_adapters(base, adapters, config)
+    for name in ("llm/layers/attn/attn_vec_einsum/w", "llm/layers/mlp/linear", "img/head/kernel"):
+        got, want = merged, expected
+        for key in name.split("/"):
+            got, want = got[key], want[key]
+        assert abs(got.astype("float32") - want.astype("float32")).max() < 1e-6, name
+
+
+def test_lora_run_resumes_from_its_adapters(assets, in_tmp):
+    flags = ["--trainable", "lora", "--lora-rank", "2", "--num-val", "4"]
+    assert _run(assets, in_tmp / "run", *flags) == 0
+    args = ["--assets", str(assets), "--resume", str(in_tmp / "run"), "--steps", "6"]
+    assert finetune.main([*args, "--max-decode-len", "8", *flags]) == 0
+    assert json.loads((in_tmp / "run" / "state.json").read_text()) == {"step": 6}
+
+
+def test_resuming_a_run_that_was_not_lora_as_lora_is_refused(assets, in_tmp, capsys):
+    assert _run(assets, in_tmp / "run", "--num-val", "4") == 0
+    args = ["--assets", str(assets), "--resume", str(in_tmp / "run"), "--steps", "6"]
+    with pytest.raises(SystemExit) as stop:  # refused with the flags, before any loading
+        finetune.main([*args, "--trainable", "lora"])
+    assert stop.value.code == 2
+    assert "has no lora.npz: it was not a LoRA run" in capsys.readouterr().err
