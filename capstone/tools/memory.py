@@ -2,12 +2,16 @@
 
     python -m capstone.tools.memory --model paligemma-3b-pt-224 --batch-size 8 \\
         --seqlen 128 --trainable attn
+    python -m capstone.tools.memory --trainable lora --lora-rank 16 --lora-targets attn+mlp
+    python -m capstone.tools.memory --plan      # the largest batch per GPU and strategy
 
 The step is the one `solutions.train.make_update_fn` builds (frozen parameters
 in 16 bits, trainable ones in float32, plain SGD), compiled for abstract
 inputs: XLA's memory analysis of the compiled program gives the bytes of its
 arguments, outputs and temporaries. Nothing of the model is allocated, so
-this runs on a laptop CPU for the 3B and 10B models alike. The numbers are
+this runs on a laptop CPU for the 3B and 10B models alike. With `--trainable
+lora` the step is the same one over `{"base": params, "lora": adapters}`
+(`solutions.lora`): the base frozen, the adapters trained in float32. The numbers are
 XLA's plan for the backend it compiles on (the CPU here); a GPU's compiler
 fuses differently, so treat them as a close estimate, not a promise.
 """
@@ -22,9 +26,13 @@ import jax
 import jax.numpy as jnp
 
 from capstone import cli
+from solutions import lora
 from solutions.configs import CHECKPOINTS, UnknownCheckpointError, get_checkpoint, with_remat
 from solutions.model import Model, param_shapes
 from solutions.train import STRATEGIES, make_update_fn, trainable_mask
+
+PLAN_STRATEGIES = (*STRATEGIES, "lora")
+PLAN_MODELS = ("paligemma-3b-pt-224", "paligemma2-3b-pt-224", "paligemma2-3b-pt-448")
 
 GIB = 1024**3
 
@@ -38,11 +46,23 @@ ACCELERATORS = {
 
 
 def abstract_inputs(
-    model: Model, resolution: int, batch_size: int, seqlen: int, trainable: str, frozen_dtype
+    model: Model,
+    resolution: int,
+    batch_size: int,
+    seqlen: int,
+    trainable: str,
+    frozen_dtype,
+    lora_config: lora.LoraConfig | None = None,
 ) -> tuple:
-    """ShapeDtypeStructs for (params, batch, learning_rate) of one SGD step."""
+    """ShapeDtypeStructs for (params, mask, batch, learning_rate) of one SGD step; with
+    LoRA the params are the tree `{"base": ..., "lora": ...}`."""
     shapes = param_shapes(model, resolution)
-    mask = trainable_mask(shapes, trainable)
+    if trainable == "lora":
+        adapters = jax.eval_shape(lambda: lora.init_adapters(shapes, lora_config))
+        shapes = {"base": shapes, "lora": adapters}
+        mask = lora.trainable_adapters(shapes)
+    else:
+        mask = trainable_mask(shapes, trainable)
     params = jax.tree.map(
         lambda s, t: jax.ShapeDtypeStruct(s.shape, jnp.float32 if t else frozen_dtype),
         shapes,
@@ -70,6 +90,7 @@ def training_step_memory(
     trainable: str = "attn",
     frozen_dtype=jnp.float16,
     remat: bool = True,
+    lora_config: lora.LoraConfig | None = None,
 ) -> dict:
     """Compiles one training step for abstract inputs and reports its memory.
 
@@ -77,7 +98,8 @@ def training_step_memory(
       config: model config `{"img": ..., "llm": ...}`.
       resolution: image side in pixels.
       batch_size, seqlen: the batch of the step (text tokens per example).
-      trainable: "attn", "llm" or "all" (see `solutions.train.trainable_mask`).
+      trainable: "attn", "llm" or "all" (see `solutions.train.trainable_mask`), or
+        "lora" (adapters as `lora_config` says; default `LoraConfig()`).
       frozen_dtype: dtype of frozen parameters (float16 on a T4).
       remat: recompute each layer's activations in the backward pass, as
         big_vision does, instead of keeping them.
@@ -86,10 +108,12 @@ def training_step_memory(
       "output", "alias", and "peak" = arguments + outputs - aliased + temp.
     """
     model = Model(**(with_remat(config) if remat else config))
+    lora_config = lora_config or lora.LoraConfig()
     params, mask, batch, lr = abstract_inputs(
-        model, resolution, batch_size, seqlen, trainable, frozen_dtype
+        model, resolution, batch_size, seqlen, trainable, frozen_dtype, lora_config
     )
-    update_fn = make_update_fn(model, mask)
+    step_model = lora.LoraModel(model, lora_config) if trainable == "lora" else model
+    update_fn = make_update_fn(step_model, mask)
     compiled = update_fn.__wrapped__.lower(params, batch, lr).compile()
     stats = compiled.memory_analysis()
     trainable_bytes = _bytes(
@@ -108,6 +132,58 @@ def training_step_memory(
     return report
 
 
+def largest_batches(
+    config: dict,
+    resolution: int,
+    capacities: dict[str, float],
+    *,
+    seqlen: int,
+    trainable: str,
+    **step_options,
+) -> dict[str, int]:
+    """The largest batch whose step fits each capacity (bytes), 0 where none does.
+
+    A step's peak grows linearly with the batch (activations and the batch itself; the
+    parameters do not grow), so two compiles, at batch 1 and 4, give the line and every
+    capacity is read off it: minutes for a 3B model instead of a search of compiles.
+    """
+    one, four = (
+        training_step_memory(
+            config, resolution, batch_size=b, seqlen=seqlen, trainable=trainable, **step_options
+        )["peak"]
+        for b in (1, 4)
+    )
+    per_example = max((four - one) / 3, 1.0)
+    fixed = one - per_example
+    return {
+        name: max(int((capacity - fixed) // per_example), 0)
+        for name, capacity in capacities.items()
+    }
+
+
+def plan_table(models: tuple[str, ...], *, seqlen: int, **step_options) -> str:
+    """A Markdown table: for each model and strategy, the largest batch per accelerator."""
+    names = list(ACCELERATORS)
+    lines = [
+        "| model | trains | " + " | ".join(names) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in names) + " |",
+    ]
+    for name in models:
+        checkpoint = get_checkpoint(name)
+        for strategy in PLAN_STRATEGIES:
+            batches = largest_batches(
+                checkpoint.config,
+                checkpoint.resolution,
+                ACCELERATORS,
+                seqlen=seqlen,
+                trainable=strategy,
+                **step_options,
+            )
+            cells = " | ".join(str(batches[n]) if batches[n] else "does not fit" for n in names)
+            lines.append(f"| {name} | {strategy} | {cells} |")
+    return "\n".join(lines)
+
+
 @dataclasses.dataclass
 class Settings:
     """What one planned training step is."""
@@ -115,12 +191,21 @@ class Settings:
     model: str = cli.setting("paligemma-3b-pt-224", f"one of {', '.join(sorted(CHECKPOINTS))}")
     batch_size: int = cli.setting(8, "examples per step", least=1)
     seqlen: int = cli.setting(128, "text tokens per example", least=1)
-    trainable: str = cli.setting("attn", "what trains", choices=tuple(STRATEGIES))
+    trainable: str = cli.setting("attn", "what trains", choices=PLAN_STRATEGIES)
+    lora_rank: int = cli.setting(8, "with --trainable lora: the adapters' rank", least=1)
+    lora_targets: str = cli.setting(
+        "attn", "with --trainable lora: the weights adapted", choices=tuple(lora.TARGETS)
+    )
     frozen_dtype: str = cli.setting(
         "float16", "dtype of the frozen weights", choices=("float16", "bfloat16")
     )
     no_remat: bool = cli.setting(False, "keep activations instead of recomputing them")
     json: bool = cli.setting(False, "print only the JSON report")
+    plan: bool = cli.setting(
+        False,
+        f"print the largest batch that fits each GPU, per strategy, for {', '.join(PLAN_MODELS)} "
+        "(minutes: two compiles per cell)",
+    )
 
 
 def _print_report(settings: Settings, report: dict) -> None:
@@ -147,6 +232,15 @@ def _print_report(settings: Settings, report: dict) -> None:
 def main(argv: list[str]) -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     settings, _ = cli.parse_settings(parser, Settings, argv)
+    lora_config = lora.LoraConfig(rank=settings.lora_rank, targets=settings.lora_targets)
+    options = {
+        "frozen_dtype": jnp.dtype(settings.frozen_dtype),
+        "remat": not settings.no_remat,
+        "lora_config": lora_config,
+    }
+    if settings.plan:
+        print(plan_table(PLAN_MODELS, seqlen=settings.seqlen, **options))
+        return 0
     try:
         checkpoint = get_checkpoint(settings.model)
     except UnknownCheckpointError as err:
@@ -157,8 +251,7 @@ def main(argv: list[str]) -> int:
         batch_size=settings.batch_size,
         seqlen=settings.seqlen,
         trainable=settings.trainable,
-        frozen_dtype=jnp.dtype(settings.frozen_dtype),
-        remat=not settings.no_remat,
+        **options,
     )
     if not settings.json:
         _print_report(settings, report)
