@@ -564,6 +564,105 @@ for ax, prompt, old, new in zip(axes, val_prompts, captions_before, captions_aft
 plt.show()
 
 # %% [markdown]
+# ## LoRA: train a low-rank update instead of the weights
+#
+# Training the attention weights of the 3B model means float32 copies and gradients of 680
+# million numbers. LoRA (low-rank adaptation) freezes *every* weight and learns, for a weight
+# `W` [in, out], an update of rank r: `W + (alpha / r) × A @ B` with `A` [in, r] and `B`
+# [r, out]. `B` starts at zero, so the adapted model starts exactly as the base model; `A` is
+# random, so the first gradients of `B` are not zero. For r = 8 a 2048 x 2048 projection trains
+# 8 × (2048 + 2048) = 32,768 numbers instead of 4 million. `solutions.lora` keeps the adapters
+# in a flax collection "lora" beside the weights they adapt, so the parameter tree stays
+# big_vision's and a real checkpoint still loads; how many numbers train on the real model:
+
+# %%
+from solutions import lora
+
+for targets in sorted(lora.TARGETS):
+    for rank in (8, 32):
+        config = lora.LoraConfig(rank=rank, alpha=2.0 * rank, targets=targets)
+        adapters = jax.eval_shape(lambda config=config: lora.init_adapters(real_shapes, config))
+        trained = lora.count_adapter_params(adapters)
+        print(
+            f"LoRA rank {rank:2d} on {targets:8s}: {trained:>11,} numbers train "
+            f"({trained / real_total:.3%} of the model)"
+        )
+
+# %% [markdown]
+# ### Exercise 7.5: a LoRA layer
+#
+# Write `lora_linear(x, w, a, b, scale)`: the output of a linear layer `w` [in, out] adapted by
+# `a` [in, r] and `b` [r, out], for activations `x` [M, in]. Compute it as `x @ w` plus `scale`
+# times `(x @ a) @ b`, in float32 (the frozen `w` may be bfloat16): going through the
+# r-wide bottleneck never forms the [in, out] update, which is how LoRA saves compute.
+
+
+# %% tags=["exercise"]
+def lora_linear(x, w, a, b, scale):
+    """A LoRA-adapted linear layer: x @ W + scale * (x @ A) @ B.
+
+    Args:
+      x: float[M, in] activations.
+      w: [in, out] frozen weight, any float dtype.
+      a: float32[in, r]; b: float32[r, out].
+      scale: alpha / rank.
+    Returns:
+      float32[M, out].
+    """
+    # Hint: cast x and w to float32 first; mind the brackets: (x @ a) @ b, not x @ (a @ b).
+    raise NotImplementedError("Exercise 7.5")
+
+
+# %% tags=["check"]
+check("ex7_5")
+
+# %% [markdown]
+# <details class="tip" markdown="1"><summary>Stuck? Show me the key lines of exercise 7.5</summary>
+#
+# ```python
+# x = jnp.asarray(x, jnp.float32)
+# return x @ jnp.asarray(w, jnp.float32) + scale * ((x @ a) @ b)
+# ```
+#
+# </details>
+
+# %% [markdown]
+# The same sum can be written `x @ (w + scale × a @ b)`: fold the update into the weight once
+# and the adapted layer costs nothing extra. That is `lora.merge_adapters`, which the fine-tune
+# uses to save a LoRA run as an ordinary checkpoint. On the tiny PaliGemma, with random
+# adapters, both ways give the same logits:
+
+# %%
+lora_config = lora.LoraConfig(rank=4, alpha=8.0, targets="attn+mlp")
+rng = np.random.default_rng(0)
+random_adapters = jax.tree.map(
+    lambda x: rng.normal(0, 0.05, x.shape).astype(np.float32),
+    lora.init_adapters(params32, lora_config),
+)
+probe_batch = {k: v[:2] for k, v in val_batch.items()}
+
+
+def logits_of(variables):
+    out, _ = model.apply(
+        variables, probe_batch["image"], probe_batch["text"], probe_batch["mask_ar"]
+    )
+    return np.asarray(out)
+
+
+adapted = logits_of({"params": params32, "lora": lora.scaled(random_adapters, lora_config.scale)})
+merged = logits_of({"params": lora.merge_adapters(params32, random_adapters, lora_config)})
+plain = logits_of({"params": params32})
+print(f"adapters change the logits by up to {np.abs(adapted - plain).max():.3f}")
+print(f"merged weights differ from the adapted model by {np.abs(adapted - merged).max():.1e}")
+
+# %% [markdown]
+# `python -m capstone.finetune --trainable lora --lora-rank 32 --lora-targets attn+mlp` trains
+# adapters on the tiny model with this lesson's step (the adapters are the trainable subset of
+# one tree `{"base": params, "lora": adapters}`), saves the merged checkpoint, and writes the
+# adapters as a Hugging Face PEFT folder that `peft.PeftModel.from_pretrained` loads onto
+# transformers' PaliGemma.
+
+# %% [markdown]
 # 256 steps of 8 examples is still a short run: 2,048 examples seen, each training image about
 # 23 times. The capstone runs the same 256 SGD steps at 0.3 on the tiny model, but trains its
 # whole decoder (`--trainable llm`): the attention weights of a 3-layer decoder alone learn the
@@ -595,6 +694,7 @@ plt.show()
 # - `loss_fn`: the per-example mean of the caption tokens' negative log-likelihood;
 # - a jitted SGD step that differentiates the trainable parameters only and donates its input;
 # - `warmup_steps` and `cosine_schedule`: big_vision's warm-up and cosine decay;
+# - `lora_linear`: a low-rank update of a frozen layer, the idea behind LoRA;
 # - a fine-tune of a real (small) PaliGemma, with its loss curve and captions before and after.
 #
 # ## Go further

@@ -16,7 +16,7 @@ from tests.conftest import TINY_IMG, TINY_LLM_PG1, TINY_RESOLUTION
 from tests.grading import expect_close, expect_equal, expect_raises
 
 LESSON = 7
-SOLUTIONS = ("solutions.train",)
+SOLUTIONS = ("solutions.train", "solutions.lora")
 pytestmark = pytest.mark.lesson7
 
 TINY_MODEL = Model(img=TINY_IMG, llm=TINY_LLM_PG1)
@@ -327,4 +327,64 @@ def test_ex7_4_all_warmup_is_refused(impl):
         warmup_fraction=1.0,
         what="cosine_schedule(0, total_steps=5, base_lr=0.1, warmup_fraction=1.0)",
         hint="raise ValueError when the warmup takes all of total_steps",
+    )
+
+
+# -- exercise 7.5: a LoRA layer ------------------------------------------------------
+
+
+def _lora_case(seed: int = 0, m: int = 5, d_in: int = 6, d_out: int = 4, r: int = 2):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(m, d_in)).astype(np.float32)
+    w = rng.normal(size=(d_in, d_out)).astype(np.float32)
+    a = rng.normal(size=(d_in, r)).astype(np.float32)
+    b = rng.normal(size=(r, d_out)).astype(np.float32)
+    return x, w, a, b
+
+
+def test_ex7_5_adds_the_scaled_low_rank_update(impl):
+    x, w, a, b = _lora_case()
+    got = impl.lora_linear(x, w, a, b, 0.5)
+    expect_close(
+        np.asarray(got),
+        x @ w + 0.5 * x @ a @ b,
+        what="lora_linear(x, w, a, b, scale=0.5)",
+        hint="x @ w plus scale times (x @ a) @ b",
+        atol=1e-4,
+    )
+
+
+def test_ex7_5_with_b_zero_is_the_frozen_layer(impl):
+    x, w, a, b = _lora_case(seed=1)
+    expect_close(
+        np.asarray(impl.lora_linear(x, w, a, np.zeros_like(b), 2.0)),
+        x @ w,
+        what="lora_linear with b = 0 (a fresh adapter)",
+        hint="a fresh adapter adds nothing: the update is scale * (x @ a) @ b",
+        atol=1e-5,
+    )
+
+
+def test_ex7_5_reads_a_bfloat16_weight_and_answers_in_float32(impl):
+    x, w, a, b = _lora_case(seed=2)
+    w16 = jnp.asarray(w, jnp.bfloat16)
+    got = impl.lora_linear(jnp.asarray(x), w16, jnp.asarray(a), jnp.asarray(b), 1.0)
+    expect_equal(
+        str(jnp.asarray(got).dtype),
+        "float32",
+        what="dtype of lora_linear's output for a bfloat16 weight",
+        hint="cast x and w to float32 before the matmuls",
+    )
+    want = x @ np.asarray(w16, np.float32) + x @ a @ b
+    expect_close(np.asarray(got), want, what="lora_linear with a bfloat16 w", hint="", atol=1e-4)
+
+
+def test_ex7_5_equals_the_merged_weight(impl):
+    x, w, a, b = _lora_case(seed=3, r=3)
+    expect_close(
+        np.asarray(impl.lora_linear(x, w, a, b, 0.25)),
+        x @ (w + 0.25 * a @ b),
+        what="lora_linear against x @ (w + scale * a @ b)",
+        hint="the two forms are the same sum; check the scale and which side a and b go",
+        atol=1e-4,
     )
