@@ -19,6 +19,7 @@ fuses differently, so treat them as a close estimate, not a promise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 
@@ -141,24 +142,35 @@ def largest_batches(
     trainable: str,
     **step_options,
 ) -> dict[str, int]:
-    """The largest batch whose step fits each capacity (bytes), 0 where none does.
+    """The largest batch whose compiled step fits each capacity (bytes); 0 where none does.
 
-    A step's peak grows linearly with the batch (activations and the batch itself; the
-    parameters do not grow), so two compiles, at batch 1 and 4, give the line and every
-    capacity is read off it: minutes for a 3B model instead of a search of compiles.
+    XLA's plan grows about linearly with the batch once activations dominate (below
+    batch 8 it reuses gradient buffers, so small batches cost less than the line says).
+    So the line through batches 8 and 32 gives a first guess, and compiles at and next to
+    the guess walk it to the edge: every batch returned has been compiled and fits, the
+    next one has been compiled and does not.
     """
-    one, four = (
-        training_step_memory(
-            config, resolution, batch_size=b, seqlen=seqlen, trainable=trainable, **step_options
-        )["peak"]
-        for b in (1, 4)
-    )
-    per_example = max((four - one) / 3, 1.0)
-    fixed = one - per_example
-    return {
-        name: max(int((capacity - fixed) // per_example), 0)
-        for name, capacity in capacities.items()
-    }
+
+    @functools.cache
+    def peak(batch: int) -> int:
+        report = training_step_memory(
+            config, resolution, batch_size=batch, seqlen=seqlen, trainable=trainable, **step_options
+        )
+        return report["peak"]
+
+    slope = max((peak(32) - peak(8)) / 24, 1.0)
+    found = {}
+    for name, capacity in capacities.items():
+        batch = max(int(8 + (capacity - peak(8)) // slope), 1)
+        while batch > 1 and peak(batch) > capacity:
+            batch -= max(1, batch // 16)  # down in small steps: the guess is close
+        if peak(batch) > capacity:
+            found[name] = 0
+            continue
+        while peak(batch + 1) <= capacity:
+            batch += 1
+        found[name] = batch
+    return found
 
 
 def plan_table(models: tuple[str, ...], *, seqlen: int, **step_options) -> str:
@@ -204,7 +216,7 @@ class Settings:
     plan: bool = cli.setting(
         False,
         f"print the largest batch that fits each GPU, per strategy, for {', '.join(PLAN_MODELS)} "
-        "(minutes: two compiles per cell)",
+        "(tens of minutes: a few compiles per cell)",
     )
 
 
