@@ -566,7 +566,7 @@ plt.show()
 # %% [markdown]
 # ## LoRA: train a low-rank update instead of the weights
 #
-# Training the attention weights of the 3B model means float32 copies and gradients of 680
+# Training the attention weights of the 3B model means float32 copies and gradients of 170
 # million numbers. LoRA (low-rank adaptation) freezes *every* weight and learns, for a weight
 # `W` [in, out], an update of rank r: `W + (alpha / r) × A @ B` with `A` [in, r] and `B`
 # [r, out]. `B` starts at zero, so the adapted model starts exactly as the base model; `A` is
