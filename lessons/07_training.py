@@ -461,7 +461,9 @@ plt.show()
 #
 # Everything together, as the notebook does it: the attention weights train in float32 while
 # the frozen rest drops to bfloat16 (`cast_params`), `make_update_fn` builds the jitted step,
-# and `train_steps` runs one step per batch, stopping with a clear error if the loss turns NaN.
+# and `train_steps` runs one step per batch, calls `on_step(step, state, learning_rate, loss)`
+# after each (here it redraws the curves; the capstone saves checkpoints in it), and stops with
+# a clear error if the loss turns NaN, or on Ctrl-C, handing back the last good state.
 #
 # First, the model's captions for a few validation images *before* training, decoded greedily
 # with `make_predictions` (lesson 8 opens that box), and the loss on a validation batch.
@@ -512,7 +514,7 @@ figure, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(10, 3.2), layout="constra
 history = {"step": [], "loss": [], "lr": []}
 
 
-def redraw(step, learning_rate, loss):
+def redraw(step, state, learning_rate, loss):
     for key, value in zip(history, (step, loss, learning_rate), strict=True):
         history[key].append(value)
     if step % 4 and step != STEPS:
@@ -532,7 +534,7 @@ tuned, losses = train_steps(
     cast_params(params, trainable),
     itertools.islice(train_batches, STEPS),
     schedule,
-    log_fn=redraw,
+    on_step=redraw,
 )
 plt.close(figure)
 
