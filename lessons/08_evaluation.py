@@ -168,7 +168,8 @@ def prefill(params, batch, cache_size):
     return logits, state["cache"]
 
 
-@jax.jit
+# The old cache is donated: its buffers take the new one, so the extend writes in place.
+@functools.partial(jax.jit, donate_argnames="cache")
 def extend(params, cache, token):
     x = model.apply({"params": params}, token[:, None], method="embed_text")
     logits, state = model.apply(
@@ -191,6 +192,8 @@ print("logits of the first new token:", list(first_logits.shape))
 # slots (image tokens + prompt + new tokens), key/value heads, head size. `next_position` is each
 # row's count of real tokens: the slot its next token goes to. The prompt's padding slots are
 # overwritten by the new tokens as they come, and each step attends only to slots up to its own.
+# The scan over layers carries the whole cache and each layer writes its own slots into it, in
+# place; `extend` donates the cache it is given, so no step copies it.
 #
 # On a real PaliGemma the cache is large. `jax.eval_shape` traces the prefill of the 3B models
 # without computing anything, so we can read the sizes (float32 here; bfloat16 halves them):
@@ -220,8 +223,7 @@ def cache_megabytes(checkpoint_name, new_tokens=64, prompt_len=16):
         )[1]["cache"]
 
     shapes = jax.eval_shape(real_prefill, param_shapes(real_model, info.resolution), image, text)
-    layers = shapes["llm"]["layers"]["attn"]
-    print(f"{checkpoint_name:22s} k_cache {list(layers['k_cache'].shape)}")
+    print(f"{checkpoint_name:22s} k_cache {list(shapes['llm']['k_cache'].shape)}")
     return sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(shapes)) / 1e6
 
 
@@ -454,11 +456,12 @@ plt.show()
 # `solutions.evaluate.Sampler` bundles the three knobs (temperature, then top-k, then top-p), and
 # `sample_logits` applies them and draws with `jax.random.categorical`. `decode` accepts the
 # same samplers as big_vision's strings: `"greedy"`, `"temperature(t=0.7)"`, `"topk(k=40)"`,
-# `"nucleus(p=0.9)"`. Our cached loop takes a sampler too; here is the first image captioned
-# four ways:
+# `"nucleus(p=0.9)"`. Our cached loop takes a sampler too, as `sampler.knobs()`: its settings as
+# arrays, which jit traces, so one compilation serves every temperature, top-k and top-p (the
+# app's sliders rely on it). Here is the first image captioned four ways:
 
 # %%
-sample_next = jax.jit(sample_logits, static_argnames="sampler")
+sample_next = jax.jit(sample_logits)
 
 
 def cached_sample(params, batch, max_decode_len, sampler, seed=0):
@@ -467,7 +470,7 @@ def cached_sample(params, batch, max_decode_len, sampler, seed=0):
     rng = jax.random.PRNGKey(seed)
     generated = []
     for step in range(max_decode_len):
-        token = sample_next(logits[:, 0], jax.random.fold_in(rng, step), sampler=sampler)
+        token = sample_next(logits[:, 0], jax.random.fold_in(rng, step), sampler.knobs())
         generated.append(token)
         logits, cache = extend(params, cache, token)
     return np.stack(generated, axis=1)

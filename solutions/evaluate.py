@@ -12,7 +12,9 @@ length is reached), so no token makes a round trip to the host.
 
 How each next token is picked is a `Sampler`: greedy (argmax), or a draw from
 the softmax after temperature, top-k and nucleus (top-p) filtering. Draws are
-seeded: the same seed gives the same tokens.
+seeded: the same seed gives the same tokens. The compiled decoder takes the
+sampler's settings as traced values (`SamplerKnobs`), so a new temperature,
+top-k or top-p (greedy included) reuses it: moving a slider compiles nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dataclasses
 import functools
 import itertools
 from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +38,7 @@ __all__ = [
     "EOS_TOKEN",
     "PAD_TOKEN",
     "Sampler",
+    "SamplerKnobs",
     "decode",
     "keep_top_k",
     "keep_top_p",
@@ -51,6 +55,21 @@ BATCH_KEYS = ("image", "text", "mask_ar", "mask_input")
 
 
 # -- samplers ------------------------------------------------------------------
+
+
+class SamplerKnobs(NamedTuple):
+    """A `Sampler`'s settings as scalar arrays (a pytree), so that jit traces them:
+    one compilation serves every temperature, top-k and top-p.
+
+    Attributes:
+      temperature: float32[]; 0 means greedy.
+      top_k: int32[]; 0 keeps every token.
+      top_p: float32[]; 1 keeps every token.
+    """
+
+    temperature: jax.Array
+    top_k: jax.Array
+    top_p: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +103,12 @@ class Sampler:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    def knobs(self) -> SamplerKnobs:
+        """The settings as arrays, to pass into a jitted function as traced values."""
+        return SamplerKnobs(
+            np.float32(self.temperature), np.int32(self.top_k), np.float32(self.top_p)
+        )
 
     @classmethod
     def parse(cls, spec: str) -> Sampler:
@@ -155,37 +180,56 @@ def resolve_sampler(
     raise TypeError(f"sampler must be a str or a Sampler, got {type(sampler).__name__}")
 
 
-def sample_logits(logits: jax.Array, rng: jax.Array, sampler: Sampler) -> jax.Array:
+def sample_logits(logits: jax.Array, rng: jax.Array, sampler: Sampler | SamplerKnobs) -> jax.Array:
     """Picks one token per row.
 
     Args:
       logits: float32[B, V].
-      rng: a PRNG key; unused when greedy.
-      sampler: the `Sampler`.
+      rng: a PRNG key; may be None with a greedy `Sampler`.
+      sampler: a `Sampler`, or its `SamplerKnobs` (traced under jit: the
+        filters that are off then cost nothing, as `jax.lax.cond` skips them).
     Returns:
       int32[B] token ids.
     """
-    if sampler.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / sampler.temperature
-    if sampler.top_k:
-        logits = keep_top_k(logits, sampler.top_k)
-    if sampler.top_p < 1:
-        logits = keep_top_p(logits, sampler.top_p)
+    if isinstance(sampler, Sampler):
+        if sampler.greedy:
+            return _most_likely(logits, rng, sampler.knobs())
+        sampler = sampler.knobs()
+    return jax.lax.cond(sampler.temperature > 0, _draw, _most_likely, logits, rng, sampler)
+
+
+def _most_likely(logits, rng, knobs):
+    del rng, knobs  # greedy: the argmax, whatever the settings
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def _draw(logits, rng, knobs):
+    def unfiltered(logits, _):
+        return logits
+
+    logits = logits / knobs.temperature
+    logits = jax.lax.cond(knobs.top_k > 0, keep_top_k, unfiltered, logits, knobs.top_k)
+    logits = jax.lax.cond(knobs.top_p < 1, keep_top_p, unfiltered, logits, knobs.top_p)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-def keep_top_k(logits: jax.Array, k: int) -> jax.Array:
+def keep_top_k(logits: jax.Array, k: int | jax.Array) -> jax.Array:
     """Top-k filtering: only the k most likely tokens of each row can be drawn.
 
     Args:
       logits: float32[B, V].
-      k: how many to keep, >= 1; k >= V keeps every token.
+      k: how many to keep, >= 1; k >= V keeps every token. An int, or an int32
+        scalar array (e.g. traced by jit, as the compiled decoder's is).
     Returns:
       float32[B, V]: `logits` with every entry below its row's k-th highest
       set to -inf (entries tied with the k-th highest stay).
     """
-    kth_highest = jax.lax.top_k(logits, min(k, logits.shape[-1]))[0][:, -1:]
+    vocab = logits.shape[-1]
+    if isinstance(k, int):  # a static k: jax.lax.top_k finds the k highest without a sort
+        kth_highest = jax.lax.top_k(logits, min(k, vocab))[0][:, -1:]
+    else:  # a traced k: sort, then read the k-th highest at a computed index
+        ascending = jnp.sort(logits, axis=-1)
+        kth_highest = jax.lax.dynamic_slice_in_dim(ascending, vocab - jnp.minimum(k, vocab), 1, 1)
     return jnp.where(logits < kth_highest, -jnp.inf, logits)
 
 
@@ -198,7 +242,7 @@ def keep_top_p(logits: jax.Array, p: float) -> jax.Array:
 
     Args:
       logits: float32[B, V].
-      p: the probability mass to keep, in (0, 1].
+      p: the probability mass to keep, in (0, 1]; a float or a traced float32 scalar.
     Returns:
       float32[B, V]: `logits` with every dropped entry set to -inf (entries tied
       with the last kept one stay).
@@ -216,9 +260,10 @@ def keep_top_p(logits: jax.Array, p: float) -> jax.Array:
 
 
 def _decode_tokens(
-    params, image, text, mask_ar, mask_input, rng, *, model, max_decode_len, sampler, eos_token
+    params, image, text, mask_ar, mask_input, rng, knobs, *, model, max_decode_len, eos_token
 ):
-    """Prefill, then the while_loop over new tokens. Jitted by `_compiled_decode`.
+    """Prefill, then the while_loop over new tokens. Jitted by `_compiled_decode`;
+    `knobs` are the `SamplerKnobs`, traced.
 
     Returns (int32[B, max_decode_len] tokens, int32[] number of tokens generated).
     """
@@ -243,7 +288,7 @@ def _decode_tokens(
         mutable=["cache"],
     )
     loop_params = _params_for_loop(params, model)
-    first = sample_logits(logits[:, 0], jax.random.fold_in(rng, 0), sampler)
+    first = sample_logits(logits[:, 0], jax.random.fold_in(rng, 0), knobs)
     tokens = jnp.full((x.shape[0], max_decode_len), PAD_TOKEN, jnp.int32).at[:, 0].set(first)
 
     def keep_going(carry):
@@ -257,7 +302,7 @@ def _decode_tokens(
         logits, state = model.apply(
             {"params": params, "cache": cache}, x, method="extend_cache", mutable=["cache"]
         )
-        token = sample_logits(logits[:, 0], jax.random.fold_in(rng, step), sampler)
+        token = sample_logits(logits[:, 0], jax.random.fold_in(rng, step), knobs)
         # Finished rows keep decoding (the batch moves together) but write padding.
         token = jnp.where(done, PAD_TOKEN, token)
         return step + 1, tokens.at[:, step].set(token), done | (token == eos_token), state["cache"]
@@ -297,16 +342,14 @@ class _ByIdentity:
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_decode(
-    model_handle: _ByIdentity, max_decode_len: int, sampler: Sampler, eos_token: int
-):
-    """One jitted decode per (model, length, sampler, eos); jit itself caches per shape."""
+def _compiled_decode(model_handle: _ByIdentity, max_decode_len: int, eos_token: int):
+    """One jitted decode per (model, length, eos), for every sampler; jit itself caches
+    per shape."""
     return jax.jit(
         functools.partial(
             _decode_tokens,
             model=model_handle.model,
             max_decode_len=max_decode_len,
-            sampler=sampler,
             eos_token=eos_token,
         )
     )
@@ -366,8 +409,9 @@ def decode(
 ):
     """Generates up to `max_decode_len` tokens after each prompt.
 
-    The whole decode is compiled once per model object, length, sampler and
-    eos_token (and by jit per input shape); later calls, any seed, reuse it.
+    The whole decode is compiled once per model object, length and eos_token
+    (and by jit per input shape); later calls, with any seed and any sampler,
+    reuse it: the sampler's settings are traced values.
 
     Args:
       params: the model's parameter tree.
@@ -394,8 +438,8 @@ def decode(
         raise ValueError(f"decode: max_decode_len must be an int >= 1, got {max_decode_len!r}")
     sampler = resolve_sampler(sampler, temperature=temperature, top_k=top_k, top_p=top_p)
     arrays = _checked_batch(batch)
-    decode_fn = _compiled_decode(_ByIdentity(model), max_decode_len, sampler, int(eos_token))
-    tokens, num_steps = decode_fn(params, *arrays, jax.random.PRNGKey(seed))
+    decode_fn = _compiled_decode(_ByIdentity(model), max_decode_len, int(eos_token))
+    tokens, num_steps = decode_fn(params, *arrays, jax.random.PRNGKey(seed), sampler.knobs())
     tokens = np.asarray(tokens)
     return (tokens, int(num_steps)) if return_num_steps else tokens
 

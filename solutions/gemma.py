@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -232,10 +233,9 @@ class Attention(nn.Module):
     head_dim: int
     query_scale: float
     attn_logits_softcap: float = 0.0
-    cache_dtype: str | None = None
 
     @nn.compact
-    def __call__(self, x, positions, attn_mask, decode=None):
+    def __call__(self, x, positions, attn_mask, decode=None, cache=None):
         """Attends x to itself (or to the cache when decoding).
 
         Args:
@@ -243,10 +243,12 @@ class Attention(nn.Module):
           positions: int32[B, T] RoPE positions; when decoding, also cache slots.
           attn_mask: bool[B, T, S], True where query t may attend key s. S is T
             without decoding, the cache size with it.
-          decode: None (no cache), "prefill" (write the T tokens into a new
-            cache of size S) or "extend" (write one token at its position).
+          decode: None (no cache), "prefill" (write the T tokens into slots
+            0..T-1 of the cache) or "extend" (write one token at its position).
+          cache: with `decode`, the `KVCache` of every layer and this layer's index.
         Returns:
-          float[B, T, D].
+          float[B, T, D], and the cache with this layer's slots written (None
+          without `decode`).
         """
         batch, length, width = x.shape
         n, k, h = self.num_heads, self.num_kv_heads, self.head_dim
@@ -271,7 +273,11 @@ class Attention(nn.Module):
         q = apply_rope(q, positions) * self.query_scale
         key = apply_rope(key, positions)
         if decode is not None:
-            key, value = self._use_cache(key, value, positions, attn_mask.shape[-1], decode)
+            cache = cache.write(key, value, positions, decode)
+            if decode == "extend":  # the new token attends to every slot written so far
+                key, value = cache.read(key.dtype)
+            else:  # the prompt attends only to itself: the slots after it are empty
+                attn_mask = attn_mask[..., :length]
 
         q = q.reshape(batch, length, k, n // k, h)  # [B, T, K, G, H]
         logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, key).astype(jnp.float32)
@@ -282,30 +288,44 @@ class Attention(nn.Module):
         encoded = encoded.reshape(batch * length, n, h)
         init = _fan_in_normal((0, 1), (2,))
         out = Einsum((n, h, width), init, "attn/attn_vec_einsum/w", name="attn_vec_einsum")
-        return out("MNH,NHD->MD", encoded).reshape(batch, length, width)
+        return out("MNH,NHD->MD", encoded).reshape(batch, length, width), cache
 
-    def _use_cache(self, key, value, positions, cache_size, decode):
-        """Writes key/value into the cache and returns the whole cache.
 
-        key, value: float[B, T, K, H]. Returns two float[B, S, K, H].
-        """
-        dtype = jnp.dtype(self.cache_dtype or key.dtype)
-        batch, length = key.shape[:2]
-        shape = (batch, cache_size, *key.shape[2:])
-        k_cache = self.variable("cache", "k_cache", jnp.zeros, shape, dtype)
-        v_cache = self.variable("cache", "v_cache", jnp.zeros, shape, dtype)
-        if decode == "prefill":
-            pad = ((0, 0), (0, cache_size - length), (0, 0), (0, 0))
-            k_cache.value = jnp.pad(key.astype(dtype), pad)
-            v_cache.value = jnp.pad(value.astype(dtype), pad)
-        elif decode == "extend":
-            # Each example writes its new token at its own slot (= position).
-            rows, slots = jnp.arange(batch), positions[:, 0]
-            k_cache.value = k_cache.value.at[rows, slots].set(key[:, 0].astype(dtype))
-            v_cache.value = v_cache.value.at[rows, slots].set(value[:, 0].astype(dtype))
+class KVCache(NamedTuple):
+    """Keys and values of every layer, and the layer that reads and writes them now.
+
+    The cache lives outside the scan over layers, as one array per kind that
+    the scan carries from layer to layer: each layer writes its slots into it
+    in place. (Kept as a variable of each scanned layer instead, the cache
+    would be sliced out and stacked again at every token: a copy of all of it.)
+
+    Attributes:
+      k, v: float[L, B, S, K, H], in the cache's dtype.
+      layer: int32[], the index of the layer being run.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    layer: jax.Array
+
+    def write(self, key, value, positions, decode: str) -> KVCache:
+        """Writes float[B, T, K, H] keys and values of this layer at their slots."""
+        key, value = key.astype(self.k.dtype), value.astype(self.v.dtype)
+        if decode == "prefill":  # the prompt fills slots 0..T-1 of every row
+            start = (self.layer, 0, 0, 0, 0)
+            k = jax.lax.dynamic_update_slice(self.k, key[None], start)
+            v = jax.lax.dynamic_update_slice(self.v, value[None], start)
+        elif decode == "extend":  # each row writes its new token at its own slot (= position)
+            rows, slots = jnp.arange(key.shape[0]), positions[:, 0]
+            k = self.k.at[self.layer, rows, slots].set(key[:, 0])
+            v = self.v.at[self.layer, rows, slots].set(value[:, 0])
         else:
             raise ValueError(f"decode must be None, 'prefill' or 'extend', got {decode!r}")
-        return k_cache.value.astype(key.dtype), v_cache.value.astype(value.dtype)
+        return self._replace(k=k, v=v)
+
+    def read(self, dtype) -> tuple[jax.Array, jax.Array]:
+        """This layer's keys and values, two float[B, S, K, H] of `dtype`."""
+        return self.k[self.layer].astype(dtype), self.v[self.layer].astype(dtype)
 
 
 class FeedForward(nn.Module):
@@ -371,28 +391,31 @@ class Block(nn.Module):
     norm_eps: float = 1e-6
     attn_logits_softcap: float = 0.0
     post_norms: bool = False
-    cache_dtype: str | None = None
 
     @nn.compact
-    def __call__(self, x, positions, attn_mask, decode):
+    def __call__(self, carry, positions, attn_mask, decode):
+        """carry: (x float32[B, T, D], the `KVCache` or None without `decode`)."""
+        x, cache = carry
         attn = Attention(
             num_heads=self.num_heads,
             num_kv_heads=self.num_kv_heads,
             head_dim=self.head_dim,
             query_scale=self.query_scale,
             attn_logits_softcap=self.attn_logits_softcap,
-            cache_dtype=self.cache_dtype,
             name="attn",
         )
-        y = attn(RMSNorm(self.norm_eps, name="pre_attention_norm")(x), positions, attn_mask, decode)
+        normed = RMSNorm(self.norm_eps, name="pre_attention_norm")(x)
+        y, cache = attn(normed, positions, attn_mask, decode, cache)
         if self.post_norms:
             y = RMSNorm(self.norm_eps, name="post_attention_norm")(y)
         x = x + y
         y = FeedForward(self.mlp_dim, name="mlp")(RMSNorm(self.norm_eps, name="pre_ffw_norm")(x))
         if self.post_norms:
             y = RMSNorm(self.norm_eps, name="post_ffw_norm")(y)
-        # The scan carries x; nothing else is stacked per layer.
-        return x + y, None
+        if cache is not None:
+            cache = cache._replace(layer=cache.layer + 1)
+        # The scan carries x and the cache; nothing is stacked per layer.
+        return (x + y, cache), None
 
 
 class Gemma(nn.Module):
@@ -446,7 +469,6 @@ class Gemma(nn.Module):
             norm_eps=self.norm_eps,
             attn_logits_softcap=self.attn_logits_softcap,
             post_norms=self.post_norms,
-            cache_dtype=self.cache_dtype,
         )
         self.final_norm = RMSNorm(self.norm_eps)
 
@@ -473,11 +495,27 @@ class Gemma(nn.Module):
           x: float[B, T, D] embedded inputs.
           positions: int32[B, T].
           attn_mask: bool[B, T, S] (see `Attention`).
-          decode: None, "prefill" or "extend".
+          decode: None, "prefill" (a new cache of S slots, in the "cache"
+            collection as `k_cache` and `v_cache`, float[L, B, S, K, H]) or
+            "extend" (writes into that cache).
         Returns:
           (pre_logits float[B, T, D], out dict with "encoded").
         """
+        cache = None
+        if decode == "prefill":
+            batch, cache_size = x.shape[0], attn_mask.shape[-1]
+            shape = (self.depth, batch, cache_size, self.num_kv_heads, self.head_dim)
+            zeros = jnp.zeros(shape, jnp.dtype(self.cache_dtype or jnp.float32))
+            cache = KVCache(zeros, zeros, jnp.int32(0))
+        elif decode is not None:
+            k, v = self.get_variable("cache", "k_cache"), self.get_variable("cache", "v_cache")
+            cache = KVCache(k, v, jnp.int32(0))
         # Activations run in float32 whatever the weights' dtypes (frozen weights
         # may be 16-bit); the scan also needs one dtype in and out of every layer.
-        encoded, _ = self.layers(x.astype(jnp.float32), positions, attn_mask, decode)
+        (encoded, cache), _ = self.layers(
+            (x.astype(jnp.float32), cache), positions, attn_mask, decode
+        )
+        if cache is not None:
+            self.put_variable("cache", "k_cache", cache.k)
+            self.put_variable("cache", "v_cache", cache.v)
         return self.final_norm(encoded), {"encoded": encoded}

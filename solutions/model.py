@@ -190,7 +190,7 @@ class Model(nn.Module):
           float32[B, 1, V].
         """
         positions = self.get_variable("cache", "next_position")
-        cache_size = self.variables["cache"]["llm"]["layers"]["attn"]["k_cache"].shape[2]
+        cache_size = self.variables["cache"]["llm"]["k_cache"].shape[2]
         attn_mask = jnp.arange(cache_size)[None, None, :] <= positions[:, None, None]
         pre_logits, _ = self._llm(x, positions[:, None], attn_mask, decode="extend")
         self.put_variable("cache", "next_position", positions + 1)

@@ -342,7 +342,7 @@ def test_prompts_are_padded_to_a_block(captioner):
     assert short["mask_input"][0].sum() == len(real)
 
 
-def test_after_warm_up_captions_compile_nothing(captioner):
+def test_after_warm_up_captions_and_new_sampler_settings_compile_nothing(captioner):
     compiles = []
 
     def count(event, duration, **kwargs):
@@ -350,13 +350,18 @@ def test_after_warm_up_captions_compile_nothing(captioner):
             compiles.append(duration)
 
     images = [scene.image for scene in app.gallery(2)]
+    # The app's sliders: sampling settings are traced values of the one compiled decoder.
+    moves = [(0.7, 0, 1.0), (1.5, 40, 1.0), (1.0, 0, 0.9), (0.3, 5, 0.5)]
+    samplers = [app.sampler_from_controls("sampling", *move) for move in moves]
     jax.monitoring.register_event_duration_secs_listener(count)
     try:
         captions = captioner.caption(images)
+        for sampler in samplers:
+            captions += captioner.caption(images[:1], sampler=sampler)
     finally:
         jax.monitoring.unregister_event_duration_listener(count)
     assert compiles == []
-    assert len(captions) == 2
+    assert len(captions) == 2 + len(moves)
 
 
 def test_sampling_is_seeded(captioner):

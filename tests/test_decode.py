@@ -217,7 +217,47 @@ def test_repeated_calls_compile_once(pg1_model, ragged_batch, monkeypatch):
     assert len(traces) == 1
 
 
+def test_new_sampler_settings_compile_nothing(pg1_model, ragged_batch):
+    """Greedy, then new temperatures, top-k and top-p: one compiled decoder serves all,
+    as the app's sliders need (the settings are traced values)."""
+    model, params = pg1_model
+    length = 5  # a length no other test uses, so the first call compiles
+    compiles = []
+
+    def count(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    decode(params, ragged_batch, model=model, max_decode_len=length)
+    settings = [dict(temperature=0.7), dict(top_k=3), dict(top_p=0.5), dict(top_k=2, top_p=0.9)]
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        for seed, options in enumerate(settings):
+            decode(
+                params,
+                ragged_batch,
+                model=model,
+                max_decode_len=length,
+                sampler="sample",
+                seed=seed,
+                **options,
+            )
+        decode(params, ragged_batch, model=model, max_decode_len=length, sampler="greedy")
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    assert compiles == []
+    compiled = evaluate._compiled_decode(evaluate._ByIdentity(model), length, EOS_TOKEN)
+    assert compiled._cache_size() == 1
+
+
 # -- samplers -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 3, 6, 50])
+def test_traced_top_k_filters_as_a_static_one(k):
+    logits = jnp.array([[0.3, 2.0, -1.0, 1.5, 0.9, 1.8], [1.0, 1.0, 0.5, 0.5, 2.0, -3.0]])
+    traced = jax.jit(evaluate.keep_top_k)(logits, jnp.int32(k))
+    np.testing.assert_array_equal(traced, evaluate.keep_top_k(logits, k))
 
 
 @pytest.mark.parametrize(
