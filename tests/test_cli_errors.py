@@ -357,9 +357,9 @@ class Recorder:
         self.saved: dict[int, bytes] = {}
         real = finetune._save
 
-        def save(out, params, step):
-            real(out, params, step)
-            self.saved[step] = (out / "checkpoint.npz").read_bytes()
+        def save(run, params, step):
+            real(run, params, step)
+            self.saved[step] = (run.out / "checkpoint.npz").read_bytes()
 
         monkeypatch.setattr(finetune, "_save", save)
 
