@@ -341,6 +341,15 @@ class _ByIdentity:
         return isinstance(other, _ByIdentity) and other.model is self.model
 
 
+# XLA:CPU runs independent operations side by side, and by default orders them
+# to keep as many as it can in flight. A decoding step is a chain of small
+# matmuls that each already spread over every core, so running two at once only
+# makes them wait for each other: the memory-optimised order, which keeps fewer
+# in flight, decodes 12-15% faster on 2 cores (`capstone.tools.bench`). Other
+# backends ignore this option.
+DECODE_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
 @functools.lru_cache(maxsize=32)
 def _compiled_decode(model_handle: _ByIdentity, max_decode_len: int, eos_token: int):
     """One jitted decode per (model, length, eos), for every sampler; jit itself caches
@@ -351,7 +360,8 @@ def _compiled_decode(model_handle: _ByIdentity, max_decode_len: int, eos_token: 
             model=model_handle.model,
             max_decode_len=max_decode_len,
             eos_token=eos_token,
-        )
+        ),
+        compiler_options=DECODE_COMPILER_OPTIONS,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -248,6 +249,33 @@ def test_new_sampler_settings_compile_nothing(pg1_model, ragged_batch):
     assert compiles == []
     compiled = evaluate._compiled_decode(evaluate._ByIdentity(model), length, EOS_TOKEN)
     assert compiled._cache_size() == 1
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU compiler option")
+def test_decode_compiler_options_reach_the_compiler(pg1_model, ragged_batch):
+    """The decoder's XLA:CPU scheduler option changes the compiled program's order.
+
+    jax passes an option name it does not check against what the compiler reads:
+    this catches an option that compiles but has stopped doing anything.
+    """
+    model, params = pg1_model
+    length = 4
+    arrays = evaluate._checked_batch(ragged_batch)
+    args = (params, *arrays, jax.random.PRNGKey(0), evaluate.Sampler().knobs())
+    decode_tokens = functools.partial(
+        evaluate._decode_tokens, model=model, max_decode_len=length, eos_token=EOS_TOKEN
+    )
+
+    def schedule(jitted) -> list[str]:
+        """The compiled program's instruction names, in the order they run."""
+        return re.findall(
+            r"^\s*(?:ROOT )?%([\w.-]+) = ", jitted.lower(*args).compile().as_text(), re.M
+        )
+
+    with_options = jax.jit(decode_tokens, compiler_options=evaluate.DECODE_COMPILER_OPTIONS)
+    assert schedule(with_options) != schedule(jax.jit(decode_tokens))
+    compiled = evaluate._compiled_decode(evaluate._ByIdentity(model), length, EOS_TOKEN)
+    assert schedule(compiled) == schedule(with_options)
 
 
 # -- samplers -----------------------------------------------------------------------

@@ -12,9 +12,11 @@ tokens; Gemma width 256, 4 layers, 1 key/value head, vocabulary 2048):
   4-token prefix, with no EOS, so every row runs the full 32 steps.
 
 Compilation and warm-up are excluded; each figure is the median of several
-timed repeats. The last line is JSON with `train_examples_per_s` and
-`decode_tokens_per_s` (and the transformers figures and ratios with
-`--vs-transformers`).
+timed repeats. With `--vs-transformers` the two implementations take turns,
+one repeat each, so a change in the machine's speed during the run (other work
+on a shared host) slows both alike instead of skewing their ratio.
+The last line is JSON with `train_examples_per_s` and `decode_tokens_per_s`
+(and the transformers figures and ratios with `--vs-transformers`).
 """
 
 from __future__ import annotations
@@ -45,13 +47,40 @@ NO_EOS = -1  # a token id that is never generated
 LEARNING_RATE = 1e-3
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
+def _median_seconds(
+    workloads: dict[str, dict[str, Callable[[], object]]], repeats: int, settle_s: float
+) -> dict:
+    """Times every workload `repeats` times, taking turns, and returns the medians.
+
+    Args:
+      workloads: {implementation: {measurement: fn}}, each fn already warm.
+      repeats: timed calls of each fn.
+      settle_s: untimed pause before each call: a library's worker threads keep
+        spinning for a while after its last call, and would take cores from
+        the other library's next call.
+    Returns:
+      {implementation: {measurement: median seconds}}.
+    """
+    times = {impl: {name: [] for name in fns} for impl, fns in workloads.items()}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for impl, fns in workloads.items():
+            for name, fn in fns.items():
+                time.sleep(settle_s)
+                start = time.perf_counter()
+                fn()
+                times[impl][name].append(time.perf_counter() - start)
+    return {
+        impl: {name: statistics.median(ts) for name, ts in by_name.items()}
+        for impl, by_name in times.items()
+    }
+
+
+def _rates(seconds: dict) -> dict:
+    """Median seconds per train step and per decode -> the two reported rates."""
+    return {
+        "train_examples_per_s": BATCH / seconds["train"],
+        "decode_tokens_per_s": BATCH * NEW_TOKENS / seconds["decode"],
+    }
 
 
 def make_inputs(seed: int = 0) -> dict:
@@ -73,8 +102,8 @@ def make_inputs(seed: int = 0) -> dict:
     }
 
 
-def bench_ours(params, inputs: dict, repeats: int) -> dict:
-    """Times our jitted SGD step and our compiled greedy decode."""
+def workloads_ours(params, inputs: dict) -> dict:
+    """Our jitted SGD step and our compiled greedy decode, compiled and warm."""
     model = Model(**BENCH_CONFIG)
     update_fn = make_update_fn(model, trainable_mask(params, "all"))
     batch = {k: jnp.asarray(inputs[k]) for k in ("image", "text", "mask_ar", "mask_loss")}
@@ -98,16 +127,11 @@ def bench_ours(params, inputs: dict, repeats: int) -> dict:
         )
 
     train_step(), generate()  # compile
-    train_s = _median_seconds(train_step, repeats)
-    decode_s = _median_seconds(generate, repeats)
-    return {
-        "train_examples_per_s": BATCH / train_s,
-        "decode_tokens_per_s": BATCH * NEW_TOKENS / decode_s,
-    }
+    return {"train": train_step, "decode": generate}
 
 
-def bench_transformers(params, inputs: dict, repeats: int) -> dict:
-    """Times transformers' PaliGemma on the same weights and inputs."""
+def workloads_transformers(params, inputs: dict) -> dict:
+    """transformers' PaliGemma on the same weights and inputs, warm."""
     import torch
     from transformers import PaliGemmaForConditionalGeneration
 
@@ -159,12 +183,7 @@ def bench_transformers(params, inputs: dict, repeats: int) -> dict:
         assert out.shape[1] - prompt_ids.shape[1] == NEW_TOKENS
 
     train_step(), generate()  # warm up
-    train_s = _median_seconds(train_step, repeats)
-    decode_s = _median_seconds(generate, repeats)
-    return {
-        "train_examples_per_s": BATCH / train_s,
-        "decode_tokens_per_s": BATCH * NEW_TOKENS / decode_s,
-    }
+    return {"train": train_step, "decode": generate}
 
 
 @dataclasses.dataclass
@@ -175,6 +194,11 @@ class Settings:
         False, "also run transformers' PaliGemma (needs the parity extra)"
     )
     repeats: int = cli.setting(10, "timed repeats per figure", least=1)
+    settle_ms: float = cli.setting(
+        50.0,
+        "untimed pause before each timed call, so the other library's threads go idle",
+        least=0,
+    )
 
 
 @cli.command
@@ -184,18 +208,18 @@ def main(argv: list[str]) -> int:
 
     params = jax.device_get(init_params(Model(**BENCH_CONFIG), BENCH_RESOLUTION))
     inputs = make_inputs()
-    result = {
-        "device": jax.devices()[0].device_kind,
-        "ours": bench_ours(params, inputs, settings.repeats),
-    }
+    workloads = {"ours": workloads_ours(params, inputs)}
+    if settings.vs_transformers:
+        workloads["transformers"] = workloads_transformers(params, inputs)
+    seconds = _median_seconds(workloads, settings.repeats, settings.settle_ms / 1000)
+    result = {"device": jax.devices()[0].device_kind, "ours": _rates(seconds["ours"])}
     result.update(result["ours"])
     print(
         f"ours          train {result['ours']['train_examples_per_s']:8.1f} examples/s   "
         f"decode {result['ours']['decode_tokens_per_s']:8.1f} tokens/s"
     )
     if settings.vs_transformers:
-        theirs = bench_transformers(params, inputs, settings.repeats)
-        result["transformers"] = theirs
+        theirs = result["transformers"] = _rates(seconds["transformers"])
         result["ratios"] = {k: result["ours"][k] / theirs[k] for k in theirs}
         print(
             f"transformers  train {theirs['train_examples_per_s']:8.1f} examples/s   "
