@@ -24,7 +24,7 @@ import pytest
 from capstone import finetune
 from capstone.experiments import pair_probe, vision_probe
 from capstone.factory import pretrain
-from capstone.tools import bench, memory
+from capstone.tools import bench, memory, step_speed
 from solutions import scenes
 from solutions.model import Model, param_shapes
 from solutions.params import flatten_params, load_params, save_params, unflatten_params
@@ -476,6 +476,10 @@ def test_every_command_prints_one_line_and_exits_with_2(tmp_path, monkeypatch, c
     refused(memory.main, ["--model", "paligemma2-3b-pt224"], capsys, "did you mean")
     refused(memory.main, ["--batch-size", "many"], capsys, "invalid int value: 'many'")
     refused(bench.main, ["--repeats", "0"], capsys, "--repeats must be at least 1, not 0")
+    refused(
+        step_speed.main, ["--models", "bench,paligemma-3b-224"], capsys, "did you mean", "'bench'"
+    )
+    refused(step_speed.main, ["--models", " , "], capsys, "--models: name at least one")
     refused(
         pretrain.main,
         ["--rescore", "--out", str(tmp_path / "none")],
