@@ -345,8 +345,8 @@ class _ByIdentity:
 # to keep as many as it can in flight. A decoding step is a chain of small
 # matmuls that each already spread over every core, so running two at once only
 # makes them wait for each other: the memory-optimised order, which keeps fewer
-# in flight, decodes 12-15% faster on 2 cores (`capstone.tools.bench`). Other
-# backends ignore this option.
+# in flight, decodes 12-16% faster on 2 cores (paired runs, docs/speed.md). The
+# option is a field of XLA's debug options, which only the CPU compiler reads.
 DECODE_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from capstone.tools import step_speed
 from capstone.tools.memory import abstract_inputs
+from solutions.model import Model
 
 
 def test_bench_config_runs_and_the_share_of_peak_adds_up(capsys):
@@ -34,7 +35,8 @@ def test_unknown_accelerators_get_no_share_and_known_ones_their_peak():
 def test_real_3b_weights_are_drawn_in_their_final_dtypes_without_allocating():
     """The notebook's step for PaliGemma 3B-224: attention weights in float32, every other
     weight in bfloat16, shapes as the checkpoint's (checked by eval_shape only)."""
-    model, resolution = step_speed.model_and_resolution("paligemma-3b-pt-224")
+    config, resolution = step_speed.config_and_resolution("paligemma-3b-pt-224")
+    model = Model(**config)
     params, mask, batch, _ = abstract_inputs(model, resolution, 8, 128, "attn", jnp.bfloat16)
     drawn = jax.eval_shape(step_speed.random_like, params)
     assert jax.tree.map(lambda a: (a.shape, a.dtype), drawn) == jax.tree.map(

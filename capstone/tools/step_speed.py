@@ -67,12 +67,12 @@ def peak_tflops(device_kind: str) -> float | None:
     return None
 
 
-def model_and_resolution(name: str) -> tuple[Model, int]:
-    """`bench` or a checkpoint name -> (Model, image side in pixels)."""
+def config_and_resolution(name: str) -> tuple[dict, int]:
+    """`bench` or a checkpoint name -> (model config, image side in pixels)."""
     if name == BENCH:
-        return Model(**BENCH_CONFIG), BENCH_RESOLUTION
+        return BENCH_CONFIG, BENCH_RESOLUTION
     checkpoint = get_checkpoint(name)
-    return Model(**checkpoint.config), checkpoint.resolution
+    return checkpoint.config, checkpoint.resolution
 
 
 def random_like(abstract, seed: int = 0):
@@ -104,16 +104,14 @@ def time_training_step(
     steps: int,
 ) -> dict:
     """Compiles and times one model's training step; returns the report's figures."""
-    model, resolution = model_and_resolution(name)
-    if remat:
-        model = Model(**with_remat({"img": model.img, "llm": model.llm}))
+    config, resolution = config_and_resolution(name)
+    model = Model(**(with_remat(config) if remat else config))
     params, mask, batch, _ = abstract_inputs(
         model, resolution, batch_size, seqlen, trainable, frozen_dtype
     )
     params, batch = random_like(params), random_like(batch, seed=1)
-    batch["mask_ar"] = (
-        (jnp.arange(seqlen) >= seqlen // 4).astype(jnp.int32)[None].repeat(batch_size, 0)
-    )  # a quarter prefix, the rest suffix
+    suffix = jnp.arange(seqlen) >= seqlen // 4  # a quarter prefix, the rest suffix
+    batch["mask_ar"] = jnp.broadcast_to(suffix, (batch_size, seqlen)).astype(jnp.int32)
     batch["mask_loss"] = batch["mask_ar"]
     update_fn = make_update_fn(model, mask)
     learning_rate = jnp.float32(LEARNING_RATE)
